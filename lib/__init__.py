@@ -1,0 +1,1 @@
+"""np-social library: one concern per module (see docs/design.md)."""

@@ -1,0 +1,125 @@
+"""An application server's service: stateless, one reactor.
+
+Each client request is relayed verbatim to the login server over the
+internal link (one round trip; the login server's store applies it
+atomically, in priority order). For send/send-group the answer carries a
+broker destination: the message is published through ActiveMQ and the
+client hears `Success!` only after the broker's receipt. A client
+connection handles one request at a time, so replies keep their order.
+"""
+import itertools
+import logging
+
+from . import applink, protocol
+from .protocol import fail
+from .reactor import LineConnection, Listener
+
+log = logging.getLogger("app")
+
+UNAVAILABLE = "Service unavailable, try again"
+BROKER_DOWN = "Message service unavailable, try again later"
+
+
+class AppService:
+    def __init__(self, reactor, server_id, publisher=None, conn_idle=300.0, on_link_lost=None):
+        self.reactor, self.id = reactor, server_id
+        self.publisher = publisher        # lib.broker.BrokerLink or None
+        self.conn_idle = conn_idle
+        self.on_link_lost = on_link_lost
+        self.link = None
+        self.ready = False
+        self.pending = {}                 # request id -> client connection
+        self._ids = itertools.count(1)
+        self.clients = set()
+
+    def listen(self, host, port):
+        self.listener = Listener(self.reactor, host, port, self._accept_client)
+        return self.listener.address
+
+    def attach(self, sock, secret, advertise_host, port):
+        """Use `sock` (connected to the login server's internal port) as the link."""
+        self.link = LineConnection(self.reactor, sock, self._link_line, on_close=self._link_closed,
+                                   max_line=applink.MAX_LINE, quiet=None)
+        self.link.send(applink.encode(op="hello", secret=secret, id=self.id,
+                                      host=advertise_host, port=port))
+        self._heartbeat()
+
+    def _heartbeat(self):
+        if self.link is None or self.link.closed:
+            return
+        self.link.send(applink.encode(op="ping"))
+        self.reactor.call_later(applink.HEARTBEAT, self._heartbeat)
+
+    # -- clients ---------------------------------------------------------------------
+    def _accept_client(self, sock, addr):
+        conn = LineConnection(self.reactor, sock, self._client_line, on_close=self.clients.discard,
+                              on_overflow=self._bad_request, idle_timeout=self.conn_idle, peer=addr)
+        self.clients.add(conn)
+
+    def _bad_request(self, conn):
+        conn.send(protocol.encode(fail(protocol.BAD_REQUEST)))
+
+    def _client_line(self, conn, raw):
+        try:
+            request = protocol.decode_line(raw)
+        except ValueError:
+            self._bad_request(conn)
+            return
+        if request is None:
+            return
+        if not self.ready:
+            conn.send(protocol.encode(fail(UNAVAILABLE)))
+            return
+        rid = next(self._ids)
+        self.pending[rid] = conn
+        conn.pause()
+        self.link.send(applink.encode(op="cmd", id=rid, line=" ".join((request.name,) + request.words)))
+
+    def _answer(self, conn, reply):
+        conn.send(protocol.encode(reply))
+        conn.resume()
+
+    # -- the link --------------------------------------------------------------------
+    def _link_line(self, conn, raw):
+        try:
+            msg = applink.decode(raw)
+        except ValueError:
+            log.error("bad message from the login server")
+            return
+        op = msg["op"]
+        if op == "welcome":
+            self.ready = True
+            log.info("%s registered with the login server", self.id)
+        elif op == "rejected":
+            log.error("login server rejected us: %s", msg.get("reason"))
+        elif op == "shutdown":
+            conn.close()
+        elif op == "reply":
+            client = self.pending.pop(msg.get("id"), None)
+            if client is not None:
+                self._deliver(client, msg.get("reply") or fail(UNAVAILABLE), msg.get("publish"))
+
+    def _deliver(self, client, reply, publish):
+        if not publish or reply.get("status") != 0:
+            self._answer(client, reply)
+            return
+        destination, body, persistent = publish
+        if self.publisher is None:
+            self._answer(client, fail(BROKER_DOWN))
+            return
+
+        def published(ok, error):
+            if not ok:
+                log.warning("publish to broker failed: %s", error)
+            self._answer(client, reply if ok else fail(BROKER_DOWN))
+
+        self.publisher.publish(destination, body, persistent, published)
+
+    def _link_closed(self, conn):
+        self.ready = False
+        for client in self.pending.values():
+            self._answer(client, fail(UNAVAILABLE))
+        self.pending.clear()
+        log.warning("%s lost its login server link", self.id)
+        if self.on_link_lost:
+            self.on_link_lost()

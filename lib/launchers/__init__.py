@@ -1,0 +1,1 @@
+"""Ways to start and stop application servers (local processes, EC2)."""

@@ -1,0 +1,100 @@
+"""Application servers as local processes (the embedded default launcher).
+
+Each app server is `python appserver.py` started with the login server's
+internal address; its one-time join secret travels in the environment, not
+in argv (argv is world-readable in /proc). Deaths are noticed at once through
+a pidfd registered with the reactor, so no polling and no SIGCHLD handler.
+The child also asks the kernel to SIGTERM it if we die (--die-with-parent),
+so a `kill -9` of the login server leaves nothing running.
+"""
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+log = logging.getLogger("launcher.local")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class LocalLauncher:
+    name = "local"
+
+    def __init__(self, reactor, login_address, bind_host, broker=None, extra_args=()):
+        self.reactor = reactor
+        self.login_address = login_address       # (host, port) of the internal listener
+        self.bind_host = bind_host
+        self.broker = broker
+        self.extra_args = list(extra_args)
+        self.procs = {}                           # server id -> Popen
+        self._pidfds = {}
+        self.on_exit = None                       # callback(server_id, reason), set by the wiring
+
+    def launch(self, server_id, secret):
+        host, port = self.login_address
+        cmd = [sys.executable, os.path.join(ROOT, "appserver.py"),
+               "--login", f"{host}:{port}", "--host", self.bind_host, "--port", "0",
+               "--id", server_id, "--die-with-parent"]
+        if self.broker:
+            cmd += ["--broker", self.broker]
+        cmd += self.extra_args
+        env = dict(os.environ, NP_JOIN_SECRET=secret)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        self.procs[server_id] = proc
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            self._pidfds[server_id] = fd
+            self.reactor.add_reader(fd, lambda: self._exited(server_id))
+        else:  # no pidfd (old kernel): poll
+            self.reactor.call_later(0.5, self._poll, server_id)
+        log.info("%s: pid %d", server_id, proc.pid)
+
+    def _poll(self, server_id):
+        proc = self.procs.get(server_id)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self.reactor.call_later(0.5, self._poll, server_id)
+        else:
+            self._exited(server_id)
+
+    def _exited(self, server_id):
+        proc = self.procs.pop(server_id, None)
+        fd = self._pidfds.pop(server_id, None)
+        if fd is not None:
+            self.reactor.forget(fd)
+            os.close(fd)
+        if proc is None:
+            return
+        code = proc.wait()
+        if self.on_exit:
+            self.on_exit(server_id, f"process {proc.pid} exited with {code}")
+
+    def terminate(self, server_id):
+        proc = self.procs.get(server_id)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    def pids(self):
+        return {sid: p.pid for sid, p in self.procs.items()}
+
+    def close(self, timeout=3.0):
+        """Stop every child and wait for them (login server shutdown)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for fd in self._pidfds.values():
+            self.reactor.forget(fd)
+            os.close(fd)
+        self.procs.clear()
+        self._pidfds.clear()

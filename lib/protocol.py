@@ -1,0 +1,149 @@
+"""The np-social TCP protocol: the command table, request parsing, reply
+encoding and what the client prints (PROTOCOL.md; every string is exact).
+
+Nothing here touches a socket.
+"""
+import enum
+import json
+from dataclasses import dataclass
+
+MAX_REQUEST = 8192
+BAD_REQUEST = "Bad request"
+NOT_LOGIN = "Not login yet"
+SUCCESS = "Success!"
+
+
+class Server(enum.Enum):
+    """Who serves a command (PROTOCOL.md §6)."""
+    LOGIN = "login"
+    APP = "app"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    server: Server
+    token: bool          # False only for register and login
+    min_args: int        # arguments after the token
+    max_args: int        # None = unbounded (messages)
+    usage: str
+
+
+def _cmd(name, server, args, usage, token=True):
+    low, high = args if isinstance(args, tuple) else (args, args)
+    return Command(name, server, token, low, high, usage)
+
+
+L, A = Server.LOGIN, Server.APP
+COMMANDS = {c.name: c for c in (
+    _cmd("register", L, 2, "Usage: register <username> <password>", token=False),
+    _cmd("login", L, 2, "Usage: login <id> <password>", token=False),
+    _cmd("logout", L, 0, "Usage: logout <user>"),
+    _cmd("delete", L, 0, "Usage: delete <user>"),
+    _cmd("invite", A, 1, "Usage: invite <user> <id>"),
+    _cmd("list-invite", A, 0, "Usage: list-invite <user>"),
+    _cmd("accept-invite", A, 1, "Usage: accept-invite <user> <id>"),
+    _cmd("list-friend", A, 0, "Usage: list-friend <user>"),
+    _cmd("post", A, (1, None), "Usage: post <user> <message>"),
+    _cmd("receive-post", A, 0, "Usage: receive-post <user>"),
+    _cmd("send", A, (2, None), "Usage: send <user> <friend> <message>"),
+    _cmd("create-group", A, 1, "Usage: create-group <user> <group>"),
+    _cmd("list-group", A, 0, "Usage: list-group <user>"),
+    _cmd("list-joined", A, 0, "Usage: list-joined <user>"),
+    _cmd("join-group", A, 1, "Usage: join-group <user> <group>"),
+    _cmd("send-group", A, (2, None), "Usage: send-group <user> <group> <message>"),
+    # Our extension: where is my application server? (used by the client to
+    # find a new app server after the old one died; answered by the login server)
+    _cmd("locate", L, 0, "Usage: locate <user>"),
+)}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed request line: command word, then the remaining words."""
+    name: str
+    words: tuple
+
+    @property
+    def command(self):
+        return COMMANDS.get(self.name)
+
+
+def decode_line(raw):
+    """bytes -> Request, or None for a blank line; raises ValueError on
+    invalid UTF-8 or an over-long line."""
+    if len(raw) > MAX_REQUEST:
+        raise ValueError("too long")
+    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    words = text.split()
+    if not words:
+        return None
+    return Request(words[0], tuple(words[1:]))
+
+
+def arity_ok(command, args):
+    n = len(args)
+    return n >= command.min_args and (command.max_args is None or n <= command.max_args)
+
+
+def reply(status, message=None, **fields):
+    """A reply dict with `status` first, then the fields, then `message`."""
+    out = {"status": status}
+    out.update(fields)
+    if message is not None:
+        out["message"] = message
+    return out
+
+
+def ok(message=SUCCESS, **fields):
+    return reply(0, message, **fields)
+
+
+def fail(message, **fields):
+    return reply(1, message, **fields)
+
+
+def listing(key, items):
+    """List replies carry no `message` key (PROTOCOL.md §4)."""
+    return {"status": 0, key: list(items)}
+
+
+def encode(obj):
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# -- what the client prints (PROTOCOL.md §5) --------------------------------
+_LISTS = (("invite", "No invitations"), ("friend", "No friends"),
+          ("post", "No posts"), ("group", "No groups"))
+
+
+def render(reply_obj):
+    """The lines the client prints for one reply, in the course's order."""
+    lines = []
+    if "message" in reply_obj:
+        lines.append(str(reply_obj["message"]))
+    for key, empty in _LISTS:
+        if key not in reply_obj:
+            continue
+        items = reply_obj[key] or []
+        if not items:
+            lines.append(empty)
+        elif key == "post":
+            lines.extend(f"{p['id']}: {p['message']}" for p in items)
+        else:
+            lines.extend(str(item) for item in items)
+    return lines
+
+
+def render_chat(body):
+    """The line the client prints for a message from the broker."""
+    msg = json.loads(body)
+    if msg.get("group") is not None:
+        return f"<<<{msg['from']}->GROUP<{msg['group']}>: {msg['message']}>>>"
+    return f"<<<{msg['from']}->{msg['to']}: {msg['message']}>>>"
+
+
+def chat_body(sender, message, to=None, group=None):
+    """The broker message body for a personal (`to`) or group message."""
+    return json.dumps({"from": sender, "to": to, "group": group, "message": message},
+                      ensure_ascii=False)

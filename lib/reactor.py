@@ -1,0 +1,463 @@
+"""The one event loop of every np-social process: file events and time events.
+
+Modelled on Redis' ae.c: the loop knows nothing of the application. It offers
+readers/writers on file objects, timers, "soon" callbacks, a thread-safe
+wake-up (for stomp.py's receiver thread and off-loop work), and after-turn
+hooks. After-turn hooks run once per turn, after every event of that turn;
+the login server's store uses one to fsync the turn's writes (group commit)
+before `LineConnection` flushes the turn's replies, so no reply ever leaves
+before the write it acknowledges is durable.
+"""
+import collections
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("reactor")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class Timer:
+    """A handle for `Reactor.call_later`; `cancel()` is idempotent."""
+
+    __slots__ = ("when", "seq", "callback", "args", "cancelled")
+
+    def __init__(self, when, seq, callback, args):
+        self.when, self.seq, self.callback, self.args = when, seq, callback, args
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+    def __lt__(self, other):
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+class Reactor:
+    """A single-threaded selectors loop. Not thread-safe except
+    `call_soon_threadsafe` (and `run_in_thread`, which uses it)."""
+
+    def __init__(self, workers=2):
+        self._sel = selectors.DefaultSelector()
+        self._handlers = {}          # fd -> [fileobj, reader, writer]
+        self._timers = []            # heap of Timer
+        self._seq = itertools.count()
+        self._soon = collections.deque()
+        self._from_threads = collections.deque()
+        self._after_turn = []
+        self._flush = {}             # objects whose _flush() runs after the hooks (insertion-ordered)
+        self._workers = workers
+        self._pool = None
+        self._running = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.add_reader(self._wake_r, self._drain_wakeup)
+
+    # -- file events -------------------------------------------------------
+    def _fd(self, fileobj):
+        return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+    def _update(self, fileobj, reader, writer):
+        fd = self._fd(fileobj)
+        entry = self._handlers.get(fd)
+        if entry is None:
+            entry = self._handlers[fd] = [fileobj, None, None]
+            old = 0
+        else:
+            old = (EVENT_READ if entry[1] else 0) | (EVENT_WRITE if entry[2] else 0)
+        if reader is not False:
+            entry[1] = reader
+        if writer is not False:
+            entry[2] = writer
+        new = (EVENT_READ if entry[1] else 0) | (EVENT_WRITE if entry[2] else 0)
+        if new == old:
+            return
+        if not new:
+            del self._handlers[fd]
+            self._sel.unregister(fd)
+        elif not old:
+            self._sel.register(fd, new)
+        else:
+            self._sel.modify(fd, new)
+
+    def add_reader(self, fileobj, callback):
+        """Call `callback()` whenever `fileobj` is readable."""
+        self._update(fileobj, callback, False)
+
+    def remove_reader(self, fileobj):
+        if self._fd(fileobj) in self._handlers:
+            self._update(fileobj, None, False)
+
+    def add_writer(self, fileobj, callback):
+        """Call `callback()` whenever `fileobj` is writable."""
+        self._update(fileobj, False, callback)
+
+    def remove_writer(self, fileobj):
+        if self._fd(fileobj) in self._handlers:
+            self._update(fileobj, False, None)
+
+    def forget(self, fileobj):
+        """Drop every handler of `fileobj` (call before closing it)."""
+        fd = self._fd(fileobj)
+        if fd >= 0 and fd in self._handlers:
+            del self._handlers[fd]
+            self._sel.unregister(fd)
+
+    # -- time events -------------------------------------------------------
+    def call_later(self, delay, callback, *args):
+        timer = Timer(time.monotonic() + max(0.0, delay), next(self._seq), callback, args)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_soon(self, callback, *args):
+        self._soon.append((callback, args))
+
+    def call_soon_threadsafe(self, callback, *args):
+        """The only entry point for other threads: queue and wake the loop."""
+        self._from_threads.append((callback, args))
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # pipe full means a wake-up is already pending
+
+    def _drain_wakeup(self):
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def run_in_thread(self, fn, *args, done=None):
+        """Run a blocking `fn(*args)` on the worker pool (hashing, boto3,
+        stomp connect); `done(result, error)` then runs on the loop."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="offloop")
+
+        def finished(future):
+            if future.cancelled():  # the loop is shutting down
+                return
+            err = future.exception()
+            self.call_soon_threadsafe(done or _ignore, None if err else future.result(), err)
+
+        self._pool.submit(fn, *args).add_done_callback(finished)
+
+    # -- turns -------------------------------------------------------------
+    def add_after_turn(self, hook):
+        """`hook()` runs at the end of every turn, before queued output is flushed."""
+        self._after_turn.append(hook)
+
+    def want_flush(self, obj):
+        """Ask for `obj._flush()` at the end of this turn, after the hooks."""
+        self._flush[obj] = None
+
+    def add_signal_handler(self, signum, callback):
+        signal.signal(signum, lambda *_: self.call_soon_threadsafe(callback))
+
+    def stop(self):
+        self._running = False
+
+    def run(self):
+        """Turn until `stop()`: select, dispatch, timers, soon, hooks, flush."""
+        self._running = True
+        while self._running:
+            self.run_once()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def run_once(self, max_wait=None):
+        timeout = self._timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        try:
+            events = self._sel.select(timeout)
+        except InterruptedError:
+            events = []
+        for key, mask in events:
+            entry = self._handlers.get(key.fd)
+            if entry is None:
+                continue
+            if mask & EVENT_READ and entry[1]:
+                self._guard(entry[1])
+            entry = self._handlers.get(key.fd)  # the reader may have closed it
+            if entry is not None and mask & EVENT_WRITE and entry[2]:
+                self._guard(entry[2])
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._guard(timer.callback, *timer.args)
+        while self._from_threads:
+            self._soon.append(self._from_threads.popleft())
+        for _ in range(len(self._soon)):
+            callback, args = self._soon.popleft()
+            self._guard(callback, *args)
+        for hook in self._after_turn:
+            self._guard(hook)
+        while self._flush:
+            pending, self._flush = self._flush, {}
+            for obj in pending:
+                self._guard(obj._flush)
+
+    def _timeout(self):
+        if self._soon or self._from_threads or self._flush:
+            return 0
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0].when - time.monotonic())
+
+    def _guard(self, callback, *args):
+        # One faulty handler must never take the whole process down.
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("handler %r failed", callback)
+
+
+def _ignore(*_):
+    pass
+
+
+class LineConnection:
+    """A TCP stream framed in lines, driven by a Reactor.
+
+    `on_line(conn, bytes)` gets each complete line (no newline). A line with no
+    newline is complete after `quiet` seconds with no further byte (course-era
+    clients send one line without "\\n" and wait). A line over `max_line`
+    bytes calls `on_overflow(conn)`. `on_close(conn)` runs once. Reading can
+    be paused so a slow request keeps replies in order and applies
+    backpressure. Output is queued and flushed at the end of the turn.
+    """
+
+    def __init__(self, reactor, sock, on_line, on_close=None, on_overflow=None,
+                 max_line=8192, quiet=0.05, idle_timeout=None, peer=None):
+        self.reactor, self.sock = reactor, sock
+        self.on_line, self.on_close, self.on_overflow = on_line, on_close, on_overflow
+        self.max_line, self.quiet, self.idle_timeout = max_line, quiet, idle_timeout
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.closed = False
+        self.paused = False
+        self.eof = False
+        self._close_when_flushed = False
+        self._quiet_timer = None
+        self._idle_timer = None
+        self._discarding = False
+        sock.setblocking(False)
+        reactor.add_reader(sock, self._on_readable)
+        self._arm_idle()
+
+    # -- input ---------------------------------------------------------------
+    def pause(self):
+        self.paused = True
+        if not self.closed and not self.eof:
+            self.reactor.remove_reader(self.sock)
+
+    def resume(self):
+        """Continue reading; lines already buffered are delivered first."""
+        if self.closed or not self.paused:
+            return
+        self.paused = False
+        if not self.eof:
+            self.reactor.add_reader(self.sock, self._on_readable)
+        self._deliver()
+        if self.eof:
+            self._finish_if_eof()
+        elif not self.paused and self.inbuf and not self.closed:
+            self._arm_quiet()
+
+    def _finish_if_eof(self):
+        if not self.paused and not self.closed:
+            self.close_after_flush()
+
+    def _on_readable(self):
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            # Peer finished sending (half-close): answer what it sent, then close.
+            self.eof = True
+            self.reactor.remove_reader(self.sock)
+            if not self._discarding and self.inbuf and b"\n" not in self.inbuf:
+                self.inbuf += b"\n"  # a last line without newline still counts
+            self._deliver()
+            self._finish_if_eof()
+            return
+        self._arm_idle()
+        self.inbuf += data
+        self._deliver()
+        if self.inbuf and not self.paused and not self.closed:
+            self._arm_quiet()
+
+    def _deliver(self):
+        while not self.paused and not self.closed:
+            nl = self.inbuf.find(b"\n")
+            if nl < 0:
+                if len(self.inbuf) > self.max_line:
+                    self._overflow()
+                return
+            line = bytes(self.inbuf[:nl])
+            del self.inbuf[:nl + 1]
+            if self._discarding:
+                self._discarding = False
+                continue
+            if len(line) > self.max_line:
+                self._overflow(resync=False)
+                continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self.on_line(self, line)
+
+    def _overflow(self, resync=True):
+        # Drop the over-long line; keep the connection usable after its newline.
+        self.inbuf.clear()
+        self._discarding = resync
+        if self.on_overflow:
+            self.on_overflow(self)
+
+    def _arm_quiet(self):
+        if self.quiet is None:
+            return
+        if self._quiet_timer:
+            self._quiet_timer.cancel()
+        self._quiet_timer = self.reactor.call_later(self.quiet, self._quiet_expired)
+
+    def _quiet_expired(self):
+        self._quiet_timer = None
+        if self.closed or self.paused or not self.inbuf or self._discarding:
+            return
+        line = bytes(self.inbuf)
+        self.inbuf.clear()
+        self.on_line(self, line.rstrip(b"\r"))
+
+    def _arm_idle(self):
+        if self.idle_timeout is None:
+            return
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        self._idle_timer = self.reactor.call_later(self.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self):
+        if self.paused:  # a request is in progress; that is not idleness
+            self._arm_idle()
+            return
+        self.close()
+
+    # -- output --------------------------------------------------------------
+    def send(self, data):
+        if self.closed:
+            return
+        self.outbuf += data
+        self.reactor.want_flush(self)
+
+    def close_after_flush(self):
+        self._close_when_flushed = True
+        self.reactor.want_flush(self)
+
+    def _flush(self):
+        if self.closed:
+            return
+        if self.outbuf:
+            try:
+                sent = self.sock.send(self.outbuf)
+                del self.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.close()
+                return
+        if self.outbuf:
+            if len(self.outbuf) > 16 * 1024 * 1024:
+                self.close()  # a peer that never reads must not eat our memory
+                return
+            self.reactor.add_writer(self.sock, self._flush)
+        else:
+            self.reactor.remove_writer(self.sock)
+            if self._close_when_flushed:
+                self.close()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        for timer in (self._quiet_timer, self._idle_timer):
+            if timer:
+                timer.cancel()
+        self.reactor.forget(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.on_close:
+            self.on_close(self)
+
+
+class Listener:
+    """Accept TCP connections on (host, port) and hand each socket to `on_accept`."""
+
+    def __init__(self, reactor, host, port, on_accept, backlog=1024):
+        self.reactor, self.on_accept = reactor, on_accept
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(backlog)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        self._paused_until = 0
+        reactor.add_reader(self.sock, self._accept)
+
+    def _accept(self):
+        for _ in range(64):  # bounded so one busy listener cannot starve the rest
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting briefly instead of spinning.
+                    log.warning("accept: %s; pausing accepts for 100 ms", e)
+                    self.reactor.remove_reader(self.sock)
+                    self.reactor.call_later(0.1, self.reactor.add_reader, self.sock, self._accept)
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.on_accept(sock, addr)
+
+    def close(self):
+        self.reactor.forget(self.sock)
+        self.sock.close()
+
+
+def raise_fd_limit():
+    """Thousands of connections need more than the default 1024 descriptors."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def connect(host, port, timeout=5.0):
+    """A blocking connect for clients and tests; returns a connected socket."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

@@ -1,0 +1,343 @@
+"""Command semantics: pure functions of (state, request) -> Outcome.
+
+`State` is the in-memory model of every account and all social data. A
+handler never mutates it: it returns the reply and a list of *mutations*
+(plain tuples); `apply()` is the only code that changes a State, and the
+store journals exactly those tuples, so replaying the journal rebuilds the
+same State. Effects the store cannot do (assigning an app server, publishing
+to the broker) are returned as `Outcome.effect` for the caller to complete.
+Randomness (tokens, destinations) comes in through `Context` so tests are
+deterministic.
+"""
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+
+from . import protocol
+from .protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
+
+
+class User:
+    """One account and everything tied to it. Ordered sets are dicts."""
+
+    __slots__ = ("name", "password", "invites", "invited", "accepted_by_me",
+                 "accepted_mine", "posts", "joined", "session")
+
+    def __init__(self, name, password):
+        self.name, self.password = name, password
+        self.invites = {}         # inviter -> None, in invitation order
+        self.invited = {}         # users I invited (pending)
+        self.accepted_by_me = {}  # friends whose invitation I accepted, in that order
+        self.accepted_mine = {}   # friends who accepted my invitation, in that order
+        self.posts = []
+        self.joined = {}          # groups, in the order I became a member
+        self.session = None       # Session while logged in
+
+    def friends(self):
+        return list(self.accepted_by_me) + list(self.accepted_mine)
+
+    def is_friend(self, other):
+        return other in self.accepted_by_me or other in self.accepted_mine
+
+
+@dataclass
+class Session:
+    user: str
+    digest: str               # sha256 of the token; the token itself is never stored
+    queue: str                # this login's personal broker queue
+
+
+@dataclass
+class Group:
+    name: str
+    topic: str
+    members: dict = field(default_factory=dict)
+
+
+class State:
+    def __init__(self):
+        self.users = {}       # name -> User
+        self.groups = {}      # name -> Group, in creation order
+        self.sessions = {}    # token digest -> Session
+
+    def user_for_token(self, token):
+        session = self.sessions.get(token_digest(token)) if token else None
+        return session.user if session else None
+
+
+def token_digest(token):
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Context:
+    """Sources of randomness for handlers (replaced in tests)."""
+
+    def new_token(self):
+        return secrets.token_urlsafe(16)          # 128 bits
+
+    def new_queue(self):
+        return "/queue/np.u." + secrets.token_hex(16)
+
+    def new_topic(self):
+        return "/topic/np.g." + secrets.token_hex(16)
+
+
+@dataclass
+class Outcome:
+    reply: dict
+    mutations: list = field(default_factory=list)
+    effect: tuple = None      # ("assign", user) | ("release", user) | ("publish", dest, body, persistent)
+
+
+# -- mutations: the only code that changes a State ------------------------------
+def _m_register(s, name, password):
+    s.users[name] = User(name, password)
+
+
+def _m_password(s, name, password):
+    s.users[name].password = password
+
+
+def _m_login(s, name, digest, queue):
+    _m_logout(s, name)  # a rotated token replaces the old one
+    session = Session(name, digest, queue)
+    s.sessions[digest] = session
+    s.users[name].session = session
+
+
+def _m_logout(s, name):
+    user = s.users.get(name)
+    if user and user.session:
+        s.sessions.pop(user.session.digest, None)
+        user.session = None
+
+
+def _m_delete(s, name):
+    _m_logout(s, name)
+    user = s.users.pop(name, None)
+    if user is None:
+        return
+    for other in list(user.invites) + list(user.invited) + user.friends():
+        o = s.users.get(other)
+        if o:
+            for rel in (o.invites, o.invited, o.accepted_by_me, o.accepted_mine):
+                rel.pop(name, None)
+    for group in user.joined:
+        if group in s.groups:
+            s.groups[group].members.pop(name, None)
+
+
+def _m_invite(s, inviter, invitee):
+    s.users[invitee].invites[inviter] = None
+    s.users[inviter].invited[invitee] = None
+
+
+def _m_accept(s, inviter, accepter):
+    a, b = s.users[accepter], s.users[inviter]
+    a.invites.pop(inviter, None)
+    b.invited.pop(accepter, None)
+    a.accepted_by_me[inviter] = None
+    b.accepted_mine[accepter] = None
+
+
+def _m_post(s, author, message):
+    s.users[author].posts.append(message)
+
+
+def _m_create_group(s, group, creator, topic):
+    s.groups[group] = Group(group, topic)
+    _m_join_group(s, group, creator)
+
+
+def _m_join_group(s, group, name):
+    s.groups[group].members[name] = None
+    s.users[name].joined[group] = None
+
+
+MUTATIONS = {
+    "register": _m_register, "password": _m_password, "login": _m_login, "logout": _m_logout,
+    "delete": _m_delete, "invite": _m_invite, "accept": _m_accept,
+    "post": _m_post, "create_group": _m_create_group, "join_group": _m_join_group,
+}
+
+
+def apply(state, mutation):
+    MUTATIONS[mutation[0]](state, *mutation[1:])
+
+
+# -- register and login: two phases around the (slow, off-loop) password hash --
+def check_register(state, args):
+    """Usage, then `<id> is already used`; None means: hash and finish."""
+    if len(args) != 2:
+        return fail(COMMANDS["register"].usage)
+    if args[0] in state.users:
+        return fail(f"{args[0]} is already used")
+    return None
+
+
+def finish_register(state, name, stored_password):
+    if name in state.users:  # registered by someone else while we hashed
+        return Outcome(fail(f"{name} is already used"))
+    return Outcome(ok(), [("register", name, stored_password)])
+
+
+def check_login(state, args):
+    """Usage, else (None, stored password or None when there is no such user)."""
+    if len(args) != 2:
+        return fail(COMMANDS["login"].usage), None
+    user = state.users.get(args[0])
+    return None, (user.password if user else None)
+
+
+def finish_login(state, name, matched, ctx, known_token=None):
+    """After verification. Logged in already: the same token again (the caller
+    keeps issued tokens in memory as `known_token`, since only digests are
+    stored); after a restart the plaintext is gone, so the session's token is
+    rotated, keeping its queue. Otherwise a new session."""
+    user = state.users.get(name)
+    if not matched or user is None:
+        return Outcome(fail("No such user or password error"))
+    topics = {g: state.groups[g].topic for g in user.joined}
+    session = user.session
+    if session and known_token:
+        return Outcome(ok(token=known_token, queue=session.queue, topics=topics),
+                       effect=("assign", name))
+    token = ctx.new_token()
+    queue = session.queue if session else ctx.new_queue()
+    return Outcome(ok(token=token, queue=queue, topics=topics),
+                   [("login", name, token_digest(token), queue)], effect=("assign", name))
+
+
+# -- token commands ---------------------------------------------------------------
+def _logout(state, me, args, ctx):
+    return Outcome(ok("Bye!"), [("logout", me)], effect=("release", me))
+
+
+def _delete(state, me, args, ctx):
+    return Outcome(ok(), [("delete", me)], effect=("release", me))
+
+
+def _locate(state, me, args, ctx):
+    return Outcome(ok("Your application server is ready"), effect=("assign", me))
+
+
+def _invite(state, me, args, ctx):
+    other = args[0]
+    user = state.users[me]
+    if other == me:
+        return Outcome(fail("You cannot invite yourself"))
+    if other not in state.users:
+        return Outcome(fail(f"{other} does not exist"))
+    if user.is_friend(other):
+        return Outcome(fail(f"{other} is already your friend"))
+    if other in user.invited:
+        return Outcome(fail("Already invited"))
+    if other in user.invites:
+        return Outcome(fail(f"{other} has invited you"))
+    return Outcome(ok(), [("invite", me, other)])
+
+
+def _list_invite(state, me, args, ctx):
+    return Outcome(listing("invite", state.users[me].invites))
+
+
+def _accept_invite(state, me, args, ctx):
+    other = args[0]
+    if other not in state.users[me].invites:
+        return Outcome(fail(f"{other} did not invite you"))
+    return Outcome(ok(), [("accept", other, me)])
+
+
+def _list_friend(state, me, args, ctx):
+    return Outcome(listing("friend", state.users[me].friends()))
+
+
+def _post(state, me, args, ctx):
+    return Outcome(ok(), [("post", me, " ".join(args))])
+
+
+def _receive_post(state, me, args, ctx):
+    posts = [{"id": friend, "message": message}
+             for friend in state.users[me].friends()
+             for message in state.users[friend].posts]
+    return Outcome(listing("post", posts))
+
+
+def _send(state, me, args, ctx):
+    friend, message = args[0], " ".join(args[1:])
+    target = state.users.get(friend)
+    if target is None:
+        return Outcome(fail("No such user exist"))
+    if not state.users[me].is_friend(friend):
+        return Outcome(fail(f"{friend} is not your friend"))
+    if target.session is None:
+        return Outcome(fail(f"{friend} is not online"))
+    body = protocol.chat_body(me, message, to=friend)
+    return Outcome(ok(), effect=("publish", target.session.queue, body, True))
+
+
+def _create_group(state, me, args, ctx):
+    group = args[0]
+    if group in state.groups:
+        return Outcome(fail(f"{group} already exist"))
+    topic = ctx.new_topic()
+    return Outcome(ok(topics={group: topic}), [("create_group", group, me, topic)])
+
+
+def _list_group(state, me, args, ctx):
+    return Outcome(listing("group", state.groups))
+
+
+def _list_joined(state, me, args, ctx):
+    return Outcome(listing("group", state.users[me].joined))
+
+
+def _join_group(state, me, args, ctx):
+    group = state.groups.get(args[0])
+    if group is None:
+        return Outcome(fail(f"{args[0]} does not exist"))
+    if me in group.members:
+        return Outcome(fail(f"Already a member of {group.name}"))
+    return Outcome(ok(topics={group.name: group.topic}), [("join_group", group.name, me)])
+
+
+def _send_group(state, me, args, ctx):
+    group = state.groups.get(args[0])
+    if group is None:
+        return Outcome(fail("No such group exist"))
+    if me not in group.members:
+        return Outcome(fail(f"You are not the member of {group.name}"))
+    body = protocol.chat_body(me, " ".join(args[1:]), group=group.name)
+    # Topics are not durable in ActiveMQ, so persistence would buy nothing.
+    return Outcome(ok(), effect=("publish", group.topic, body, False))
+
+
+HANDLERS = {
+    "logout": _logout, "delete": _delete, "locate": _locate,
+    "invite": _invite, "list-invite": _list_invite, "accept-invite": _accept_invite,
+    "list-friend": _list_friend, "post": _post, "receive-post": _receive_post,
+    "send": _send, "create-group": _create_group, "list-group": _list_group,
+    "list-joined": _list_joined, "join-group": _join_group, "send-group": _send_group,
+}
+
+
+def handle(state, request, ctx, served_by):
+    """Every token command, in the priority order of PROTOCOL.md §3:
+    unknown command, token, argument count, wrong server, own checks.
+    register/login are not handled here (see check_/finish_ above)."""
+    command = request.command
+    if command is None:
+        return Outcome(fail(f"Unknown command {request.name}"))
+    if not command.token:
+        raise ValueError(f"{request.name} is a two-phase command")
+    words = request.words
+    me = state.user_for_token(words[0]) if words else None
+    if me is None:
+        return Outcome(fail(NOT_LOGIN))
+    args = words[1:]
+    if not protocol.arity_ok(command, args):
+        return Outcome(fail(command.usage))
+    if command.server is not served_by:
+        where = "the login server" if command.server is Server.LOGIN else "your application server"
+        return Outcome(fail(f"Send {command.name} to {where}"))
+    return HANDLERS[command.name](state, me, args, ctx)

@@ -1,0 +1,371 @@
+"""The TCP social client: `./client HOST PORT < testcase > output`.
+
+`ClientCore` is the pure part (no sockets): it keeps a token per user, turns
+a typed line into a wire request and a destination (PROTOCOL.md §2), and
+turns a reply into printed lines and subscription changes (§5).
+`TcpClient` drives it on one reactor over stdin, its TCP connections and the
+broker link (whose receiver thread only wakes the reactor up).
+"""
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+from dataclasses import dataclass, field
+
+from . import applink, protocol
+from .protocol import COMMANDS, Server
+from .reactor import LineConnection, Reactor
+
+log = logging.getLogger("client")
+
+LOGIN_SERVER = "login"        # Step.target for the login server; else a user name (their app server)
+
+
+@dataclass
+class Login:
+    token: str
+    app: tuple = None             # (host, port) of this user's application server
+    queue: str = None
+    topics: dict = field(default_factory=dict)   # group -> broker destination
+
+    def destinations(self):
+        return ([self.queue] if self.queue else []) + list(self.topics.values())
+
+
+@dataclass
+class Step:
+    """One request: what to send, where, and for whom."""
+    name: str
+    wire: str
+    target: str                   # LOGIN_SERVER or the user whose app server serves it
+    user: str = None
+    with_token: bool = False
+
+
+EXIT = object()
+
+
+class ClientCore:
+    def __init__(self):
+        self.logins = {}          # user -> Login
+
+    def route(self, line):
+        """A typed line -> Step, EXIT, or None (blank)."""
+        if line.strip() == "exit":
+            return EXIT
+        words = line.split()
+        if not words:
+            return None
+        name = words[0]
+        command = COMMANDS.get(name)
+        if name in ("register", "login") or len(words) == 1:
+            return Step(name, " ".join(words), LOGIN_SERVER, words[1] if len(words) > 1 else None)
+        user = words[1]
+        login = self.logins.get(user)
+        if login is None:
+            # No token: drop the user; the login server answers Not login yet.
+            return Step(name, " ".join([name] + words[2:]), LOGIN_SERVER, user)
+        wire = " ".join([name, login.token] + words[2:])
+        on_app = command is not None and command.server is Server.APP
+        return Step(name, wire, user if on_app else LOGIN_SERVER, user, with_token=True)
+
+    def app_of(self, user):
+        login = self.logins.get(user)
+        return login.app if login else None
+
+    def on_reply(self, step, reply):
+        """-> (lines to print, destinations to subscribe, destinations to drop),
+        destinations as (user, destination) pairs."""
+        lines = protocol.render(reply)
+        add, drop = [], []
+        ok = reply.get("status") == 0
+        login = self.logins.get(step.user) if step.user else None
+        if step.name == "login" and ok and "token" in reply:
+            old = self.logins.get(step.user)
+            new = Login(reply["token"], _address(reply.get("app_server")), reply.get("queue"),
+                        dict(reply.get("topics") or {}))
+            if old:
+                drop += [(step.user, d) for d in old.destinations()]
+            self.logins[step.user] = new
+            add += [(step.user, d) for d in new.destinations()]
+        elif step.name in ("logout", "delete") and ok and login:
+            del self.logins[step.user]
+            drop += [(step.user, d) for d in login.destinations()]
+        elif step.name == "locate" and ok and login:
+            login.app = _address(reply.get("app_server"))
+        elif step.with_token and login and reply.get("message") == protocol.NOT_LOGIN:
+            # The server no longer knows this token (deleted elsewhere): forget it.
+            del self.logins[step.user]
+            drop += [(step.user, d) for d in login.destinations()]
+        if ok and login and step.user in self.logins and reply.get("topics"):
+            for group, dest in reply["topics"].items():
+                if login.topics.get(group) != dest:
+                    login.topics[group] = dest
+                    add.append((step.user, dest))
+        return lines, add, drop
+
+
+def _address(text):
+    return applink.parse_address(text) if text else None
+
+
+class TcpClient:
+    """The driver: one request at a time, in input order; chat lines are
+    printed as they arrive."""
+
+    REPLY_TIMEOUT = 30.0
+    LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
+
+    def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0):
+        self.reactor = Reactor(workers=1)
+        self.login_address = (host, port)
+        self.core = ClientCore()
+        self.out = out
+        self.linger = linger
+        self.stdin_fd = stdin_fd
+        self.lines = []
+        self._partial = b""
+        self.eof = False
+        self.conns = {}           # (host, port) -> LineConnection
+        self.step = None          # the request in flight
+        self._retried = False
+        self._timer = None
+        self.broker = None
+        self.subs = {}            # destination -> set of local users subscribed
+        self.exit_code = 0
+
+    # -- output ------------------------------------------------------------------------
+    def emit(self, lines):
+        if lines:
+            self.out.write("".join(line + "\n" for line in lines))
+            self.out.flush()
+
+    # -- input -------------------------------------------------------------------------
+    def run(self):
+        if stat.S_ISREG(os.fstat(self.stdin_fd).st_mode):
+            self.reactor.call_soon(self._read_file)   # epoll cannot watch regular files
+        else:
+            self.reactor.add_reader(self.stdin_fd, self._read_stdin)
+        self.reactor.run()
+        for conn in list(self.conns.values()):
+            conn.close()
+        if self.broker:
+            self.broker.close()
+        return self.exit_code
+
+    def _read_file(self):
+        while True:
+            data = os.read(self.stdin_fd, 1 << 20)
+            if not data:
+                break
+            self._feed(data)
+        self._feed(b"", eof=True)
+
+    def _read_stdin(self):
+        try:
+            data = os.read(self.stdin_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.reactor.remove_reader(self.stdin_fd)
+        self._feed(data, eof=not data)
+
+    def _feed(self, data, eof=False):
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()
+        if eof:
+            self.eof = True
+            if self._partial:
+                chunks.append(self._partial)
+                self._partial = b""
+        self.lines.extend(c.decode("utf-8", "replace").rstrip("\r") for c in chunks)
+        self._next()
+
+    # -- requests ----------------------------------------------------------------------
+    def _next(self):
+        while self.step is None:
+            if not self.lines:
+                if self.eof:
+                    self._finish()
+                return
+            step = self.core.route(self.lines.pop(0))
+            if step is EXIT:
+                self.lines.clear()
+                self.eof = True
+                self._finish()
+                return
+            if step is not None:
+                self._retried = False
+                self._send(step)
+
+    def _send(self, step):
+        self.step = step
+        if step.target == LOGIN_SERVER:
+            address = self.login_address
+        else:
+            address = self.core.app_of(step.target)
+            if address is None:
+                self._relocate()
+                return
+        conn = self._connect(address)
+        if conn is None:
+            self._failed(address)
+            return
+        conn.send((step.wire + "\n").encode("utf-8"))
+        timeout = self.LAUNCH_TIMEOUT if step.name in ("login", "locate") else self.REPLY_TIMEOUT
+        self._timer = self.reactor.call_later(timeout, self._timed_out, conn)
+
+    def _connect(self, address):
+        conn = self.conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        try:
+            sock = socket.create_connection(address, timeout=5.0)
+        except OSError as e:
+            log.debug("connect %s: %s", address, e)
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = LineConnection(self.reactor, sock, self._on_reply, on_close=self._on_closed,
+                              max_line=applink.MAX_LINE, quiet=None)
+        conn.address = address
+        self.conns[address] = conn
+        return conn
+
+    def _on_reply(self, conn, raw):
+        step = self.step
+        if step is None:
+            return   # nothing asked: ignore
+        if self._timer:
+            self._timer.cancel()
+        try:
+            reply = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            reply = protocol.fail("Error: unreadable reply from server")
+        self.step = None
+        if getattr(step, "retry", None):       # a locate made on behalf of `step.retry`
+            self._located(step, reply)
+            return
+        lines, add, drop = self.core.on_reply(step, reply)
+        self.emit(lines)
+        self._resubscribe(add, drop, reply.get("broker"))
+        self._next()
+
+    def _on_closed(self, conn):
+        if self.conns.get(conn.address) is conn:
+            del self.conns[conn.address]
+        step = self.step
+        if step is not None and self._address_of(step) == conn.address:
+            if self._timer:
+                self._timer.cancel()
+            self._failed(conn.address)
+
+    def _address_of(self, step):
+        if step.target == LOGIN_SERVER:
+            return self.login_address
+        return self.core.app_of(step.target)
+
+    def _failed(self, address):
+        """The request got no reply: the server is gone or closed on us."""
+        step, self.step = self.step, None
+        if step.target != LOGIN_SERVER and not self._retried:
+            self._retried = True
+            self.step = step
+            self._relocate()
+            return
+        if step.target == LOGIN_SERVER and not self._retried and getattr(step, "retry", None) is None:
+            self._retried = True       # perhaps an idle connection it had closed: once more
+            self._send(step)
+            return
+        if getattr(step, "retry", None):
+            step = step.retry
+        self.emit([f"Error: cannot reach the server at {applink.format_address(*address)}"])
+        self._next()
+
+    def _relocate(self):
+        """Ask the login server for the user's (new) application server."""
+        original = self.step
+        self.step = None
+        login = self.core.logins.get(original.target)
+        if login is None:
+            self.emit([protocol.NOT_LOGIN])
+            self._next()
+            return
+        locate = Step("locate", f"locate {login.token}", LOGIN_SERVER, original.target, with_token=True)
+        locate.retry = original
+        self._send(locate)
+
+    def _located(self, locate, reply):
+        original = locate.retry
+        lines, add, drop = self.core.on_reply(locate, reply)
+        if reply.get("status") == 0 and self.core.app_of(original.target):
+            self._send(original)          # silently, on the new server
+            return
+        self.emit(lines)                  # e.g. Not login yet: the user must log in again
+        self._resubscribe(add, drop, None)
+        self._next()
+
+    def _timed_out(self, conn):
+        self.emit(["Error: no reply from server"])
+        conn.close()
+
+    # -- broker ------------------------------------------------------------------------
+    def _resubscribe(self, add, drop, broker_address):
+        if not add and not drop:
+            return
+        if self.broker is None and add:
+            self._start_broker(broker_address)
+        for user, dest in drop:
+            users = self.subs.get(dest)
+            if users is not None:
+                users.discard(user)
+                if not users:
+                    del self.subs[dest]
+                    if self.broker:
+                        self.broker.unsubscribe(dest)
+        for user, dest in add:
+            users = self.subs.setdefault(dest, set())
+            if not users and self.broker:
+                self.broker.subscribe(dest)
+            users.add(user)
+
+    def _start_broker(self, address):
+        try:
+            from . import broker
+        except ImportError:
+            return
+        host, port = broker.parse_address(address or "127.0.0.1:61613")
+        self.broker = broker.BrokerLink(self.reactor, host, port, on_message=self._chat, name="client")
+        self.broker.start()
+
+    def _chat(self, destination, body, headers):
+        try:
+            line = protocol.render_chat(body)
+        except (ValueError, KeyError, TypeError):
+            return
+        # once per logged-in recipient on this client
+        self.emit([line] * len(self.subs.get(destination, ())))
+
+    def _finish(self):
+        if self.subs and self.linger > 0:
+            # let in-flight chat messages arrive before we go
+            self.reactor.call_later(self.linger, self.reactor.stop)
+            self.linger = 0
+        elif not self.subs or self.linger == 0:
+            self.reactor.stop()
+
+
+def main(argv):
+    import argparse
+    parser = argparse.ArgumentParser(prog="client", description="np-social client: reads commands "
+                                     "from stdin, prints replies (see README).")
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--linger", type=float, default=0.5,
+                        help="seconds to wait for chat messages at end of input (default 0.5)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s client %(levelname)s %(message)s")
+    return TcpClient(args.host, args.port, linger=args.linger).run()

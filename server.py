@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""np-social login server: `./server HOST PORT [options]` (see --help)."""
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from lib import applink
+from lib.fleet import Fleet
+from lib.login_service import LoginService
+from lib.reactor import Reactor, raise_fd_limit
+from lib.store import Store, StoreLocked
+
+LAUNCHERS = ("local", "ec2")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="server", description="np-social login server: accounts, "
+                                "sessions and social data; launches application servers.")
+    p.add_argument("host", help="address to listen on, e.g. 0.0.0.0")
+    p.add_argument("port", type=int, help="client port, e.g. 8888")
+    p.add_argument("--data", default="./data", help="data directory (default ./data)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="how app servers are started (default local processes)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="terminate an app server with no users after S seconds (default 30)")
+    p.add_argument("--max-app-servers", type=int, default=None, metavar="N",
+                   help="never run more than N app servers (default: no limit)")
+    p.add_argument("--spare", type=int, default=0, metavar="N",
+                   help="keep N empty app servers warm (default 0)")
+    p.add_argument("--capacity", type=int, default=10, metavar="N",
+                   help="users per app server (default 10, as the course requires)")
+    p.add_argument("--broker", default="127.0.0.1:61613", metavar="HOST:PORT",
+                   help="ActiveMQ STOMP address (default 127.0.0.1:61613)")
+    p.add_argument("--internal-port", type=int, default=0, metavar="N",
+                   help="port app servers register on (default: any free port)")
+    p.add_argument("--conn-idle", type=float, default=300.0, metavar="S",
+                   help="close client connections silent for S seconds (default 300)")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="do not fsync (benchmarks only: a crash may lose acknowledged writes)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    try:
+        from lib.launchers import ec2
+        ec2.add_arguments(p)
+    except ImportError:
+        pass
+    args = p.parse_args(argv)
+    if args.capacity < 1 or (args.max_app_servers is not None and args.max_app_servers < 1) \
+            or args.spare < 0 or args.idle_timeout < 0:
+        p.error("--capacity and --max-app-servers must be >= 1; --spare and --idle-timeout >= 0")
+    return args
+
+
+def make_launcher(args, reactor, internal_address):
+    host, port = internal_address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if args.launcher == "ec2":
+        from lib.launchers import ec2
+        return ec2.make(args, reactor, internal_address)
+    from lib.launchers.local import LocalLauncher
+    return LocalLauncher(reactor, (host, port), args.host, broker=args.broker)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise_fd_limit()
+    reactor = Reactor()
+    try:
+        store = Store(args.data, fsync=not args.no_fsync).open()
+    except StoreLocked as e:
+        print(f"server: {e}", file=sys.stderr)
+        return 1
+    reactor.add_after_turn(store.commit)   # group commit: before the turn's replies leave
+    service = LoginService(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle)
+    try:
+        public, internal = service.listen(args.host, args.port, args.host, args.internal_port)
+    except OSError as e:
+        print(f"server: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        store.close()
+        return 1
+    launcher = make_launcher(args, reactor, internal)
+    fleet = Fleet(reactor, launcher, capacity=args.capacity, max_servers=args.max_app_servers,
+                  idle_timeout=args.idle_timeout, spare=args.spare,
+                  launch_deadline=getattr(launcher, "launch_deadline", 30.0))
+    launcher.on_exit = fleet.lost
+    service.fleet = fleet
+
+    def tick():
+        fleet.tick()
+        reactor.call_later(0.5, tick)
+
+    def shutdown():
+        logging.getLogger("login").info("stopping")
+        fleet.shutdown()
+        launcher.close()
+        service.close()
+        store.close()
+        reactor.stop()
+
+    reactor.add_signal_handler(signal.SIGINT, shutdown)
+    reactor.add_signal_handler(signal.SIGTERM, shutdown)
+    tick()
+    logging.getLogger("login").info("np-social login server on %s, app servers register on %s, data in %s",
+                                    applink.format_address(*public), applink.format_address(*internal),
+                                    os.path.abspath(args.data))
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
