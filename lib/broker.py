@@ -1,0 +1,394 @@
+"""STOMP publish/subscribe over ActiveMQ, driven by our reactor (lib/reactor.py).
+
+One `BrokerLink` is one STOMP 1.2 connection (stomp.py) that reconnects and
+resubscribes by itself. Threads and who does what:
+
+- the reactor thread owns every bit of state here; all callbacks of ours
+  (`on_message`, `on_state`, `done`) run on it;
+- stomp.py's receiver thread (and its heartbeat thread) only ever call
+  `reactor.call_soon_threadsafe`, so they never wait on the application;
+- the reactor's off-loop workers do everything that can block on the
+  broker: the TCP connect, and every frame write (stomp.py writes with a
+  blocking `sendall`, which stalls when the broker stops reading). Frames go
+  out in order: one write job per link at a time takes all queued frames.
+
+A publish is confirmed by the broker's RECEIPT (for a persistent message,
+ActiveMQ answers it after the message is stored), so `done(True, None)`
+means the broker has the message. A publish that cannot be confirmed gets
+`done(False, reason)` exactly once: link down, write failed, ERROR from the
+broker, or no receipt in time.
+
+Destinations are random (`new_queue_name`, `new_topic_name`): nobody can read
+a user's messages by guessing `/queue/<username>`. (ActiveMQ's wildcard
+subscriptions, `/queue/np.u.>`, still match every name; only the broker's
+authorization plugin can forbid those.)
+"""
+import collections
+import itertools
+import logging
+import secrets
+
+import stomp
+
+log = logging.getLogger("broker")
+
+# stomp.py logs every refused connect (we retry every 2 s while the broker is
+# down) and a traceback for every failed write; BrokerLink reports the same
+# events once, as link state changes. An application may lower this again.
+logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
+
+HEARTBEATS = (4000, 4000)      # ms: a dead broker is noticed within ~6 s
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 2.0
+CONNECT_TIMEOUT = 5.0          # TCP connect, in the worker
+CONNECTED_TIMEOUT = 10.0       # STOMP CONNECTED frame after the TCP connect
+
+
+def new_queue_name():
+    """A personal destination nobody can guess (128 random bits)."""
+    return "/queue/np.u." + secrets.token_hex(16)
+
+
+def new_topic_name():
+    """A group destination nobody can guess (128 random bits)."""
+    return "/topic/np.g." + secrets.token_hex(16)
+
+
+def parse_address(text, default_port=61613):
+    """'HOST:PORT', 'HOST' or '[V6]:PORT' -> (host, port); ValueError if malformed."""
+    text = (text or "").strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("bad broker address %r" % text)
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("bad broker address %r" % text)
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise ValueError("bad port in broker address %r" % text) from None
+    if not host or not 0 < port < 65536:
+        raise ValueError("bad broker address %r" % text)
+    return host, port
+
+
+class _Listener(stomp.ConnectionListener):
+    """Runs on stomp.py's threads: forwards each event to the reactor, tagged
+    with the connection's generation so events of a dead connection are
+    recognised. Never blocks, never raises into stomp.py (an exception there
+    would close the connection)."""
+
+    def __init__(self, link, gen):
+        self.link, self.gen = link, gen
+
+    def _post(self, method, *args):
+        try:
+            self.link.reactor.call_soon_threadsafe(method, self.gen, *args)
+        except Exception:
+            log.exception("broker: could not hand an event to the reactor")
+
+    def on_connected(self, frame):
+        self._post(self.link._on_connected)
+
+    def on_disconnected(self):
+        self._post(self.link._on_lost, "broker connection lost")
+
+    def on_heartbeat_timeout(self):
+        self._post(self.link._on_lost, "broker heartbeat timeout")
+
+    def on_error(self, frame):
+        self._post(self.link._on_error, dict(frame.headers), frame.body)
+
+    def on_receipt(self, frame):
+        self._post(self.link._on_receipt, frame.headers.get("receipt-id"))
+
+    def on_message(self, frame):
+        self._post(self.link._on_message, dict(frame.headers), frame.body)
+
+
+class BrokerLink:
+    """One STOMP connection owned by a reactor; reconnects and resubscribes by itself."""
+
+    def __init__(self, reactor, host="127.0.0.1", port=61613, on_message=None,
+                 on_state=None, name="np"):
+        self.reactor, self.host, self.port, self.name = reactor, host, port, name
+        self.on_message, self.on_state = on_message, on_state
+        self._conn = None            # current stomp.Connection12 (connecting or up)
+        self._gen = 0                # generation of _conn; events of older ones are stale
+        self._up = False
+        self._closed = False
+        self._started = False
+        self._backoff = BACKOFF_MIN
+        self._retry_timer = None
+        self._connect_timer = None
+        self._ids = itertools.count(1)
+        self._outbox = collections.deque()   # (method name, args, kwargs) for the writer
+        self._writing = None                 # generation of the write job in flight
+        self._publishes = {}                 # receipt id -> [done, timer]
+        self._subs = {}                      # destination -> subscription id
+        self._sub_receipts = {}              # receipt id -> (destination, subscription id)
+        self._sub_waiters = {}               # destination -> [done, ...] until confirmed
+        self._confirmed = set()              # subscription ids confirmed on this connection
+
+    # -- public API ----------------------------------------------------------
+    @property
+    def connected(self):
+        return self._up
+
+    def start(self):
+        """Begin connecting (non-blocking); retries with backoff until close()."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._connect()
+
+    def publish(self, destination, body, persistent, done, timeout=5.0):
+        """Send `body`; `done(ok, error)` runs on the reactor once the broker's
+        RECEIPT arrives, or with ok=False on failure or after `timeout` s."""
+        if self._closed:
+            self.reactor.call_soon(done, False, "broker link closed")
+            return
+        if not self._up:
+            self.reactor.call_soon(done, False, "broker not connected")
+            return
+        rid = "%s-p%d" % (self.name, next(self._ids))
+        headers = {"receipt": rid}
+        if persistent:
+            headers["persistent"] = "true"
+        timer = self.reactor.call_later(timeout, self._publish_timeout, rid, timeout)
+        self._publishes[rid] = [done, timer]
+        self._queue("send", destination, body, headers=headers)
+
+    def subscribe(self, destination, done=None):
+        """Subscribe (ack=auto); idempotent, and restored after every reconnect.
+        Optional `done(ok, error)` runs once the broker has confirmed the
+        subscription (with a receipt), so a publish after it is not missed;
+        while the link is down that waits for the next connection."""
+        if self._closed:
+            if done:
+                self.reactor.call_soon(done, False, "broker link closed")
+            return
+        if done:
+            self._sub_waiters.setdefault(destination, []).append(done)
+        if destination in self._subs:
+            if self._up and self._subs[destination] in self._confirmed:
+                self._finish_sub(destination, True, None)
+            return
+        self._subs[destination] = "%s-s%d" % (self.name, next(self._ids))
+        if self._up:
+            self._send_subscribe(destination)
+
+    def unsubscribe(self, destination):
+        """Forget `destination`; messages already in flight for it are dropped."""
+        sid = self._subs.pop(destination, None)
+        if sid is None:
+            return
+        self._confirmed.discard(sid)
+        self._finish_sub(destination, False, "unsubscribed")
+        if self._up:
+            self._queue("unsubscribe", sid)
+
+    def close(self):
+        """Disconnect for good; outstanding publishes get done(False, ...)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._up = False
+        for timer in (self._retry_timer, self._connect_timer):
+            if timer:
+                timer.cancel()
+        self._fail_all("broker link closed")
+        for destination in list(self._sub_waiters):
+            self._finish_sub(destination, False, "broker link closed")
+        self._drop_conn(graceful=True)
+
+    # -- connecting ----------------------------------------------------------
+    def _connect(self):
+        self._retry_timer = None
+        if self._closed:
+            return
+        self._gen += 1
+        gen = self._gen
+        # Building the connection opens nothing; connect() below does the I/O.
+        conn = stomp.Connection12(
+            [(self.host, self.port)], heartbeats=HEARTBEATS, timeout=CONNECT_TIMEOUT,
+            reconnect_attempts_max=1, reconnect_sleep_initial=0, reconnect_sleep_jitter=0,
+            vhost=self.host)
+        conn.set_listener("np", _Listener(self, gen))
+        self._conn = conn
+        # wait=False: the worker does the TCP connect and writes the STOMP
+        # frame; CONNECTED arrives through the listener. stomp.py's own wait
+        # has no bound, our timer has.
+        self.reactor.run_in_thread(
+            _open, conn, done=lambda _r, err: self._connect_done(gen, err))
+        self._connect_timer = self.reactor.call_later(
+            CONNECTED_TIMEOUT, self._on_lost, gen, "no CONNECTED from broker")
+
+    def _connect_done(self, gen, err):
+        if err is not None and gen == self._gen and not self._closed:
+            self._on_lost(gen, "connect failed: %s" % (str(err) or type(err).__name__))
+
+    def _on_connected(self, gen):
+        if gen != self._gen or self._closed or self._up:
+            return
+        if self._connect_timer:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        self._up = True
+        self._backoff = BACKOFF_MIN
+        log.info("broker %s: connected to %s:%d", self.name, self.host, self.port)
+        # Subscriptions first: a publish made from on_state(True) follows them.
+        for destination in self._subs:
+            self._send_subscribe(destination)
+        if self.on_state:
+            self.on_state(True)
+
+    def _on_lost(self, gen, reason):
+        """The connection `gen` is gone (or never came up): fail what was in
+        flight on it, tell the application, and retry after a backoff."""
+        if gen != self._gen or self._closed:
+            return
+        was_up, self._up = self._up, False
+        if self._connect_timer:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        self._gen += 1   # events still coming from the old connection are stale now
+        self._outbox.clear()
+        self._sub_receipts.clear()
+        self._confirmed.clear()
+        self._fail_all(reason)
+        self._drop_conn(graceful=False)
+        if was_up:
+            log.warning("broker %s: %s; reconnecting", self.name, reason)
+            if self.on_state:
+                self.on_state(False)
+        else:
+            log.debug("broker %s: %s; retry in %.1f s", self.name, reason, self._backoff)
+        self._retry_timer = self.reactor.call_later(self._backoff, self._connect)
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+
+    def _drop_conn(self, graceful):
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._run_off_loop(_shut, conn, graceful)
+
+    def _run_off_loop(self, fn, *args, done=None):
+        try:
+            self.reactor.run_in_thread(fn, *args, done=done)
+        except RuntimeError:   # the reactor's pool is already shut down
+            if done is None:
+                fn(*args)      # only at process exit: closing a socket is quick
+            else:
+                raise
+
+    # -- writing ---------------------------------------------------------------
+    def _queue(self, method, *args, **kwargs):
+        self._outbox.append((method, args, kwargs))
+        self._pump()
+
+    def _pump(self):
+        if not self._up or not self._outbox or self._writing == self._gen:
+            return
+        gen, batch = self._gen, list(self._outbox)
+        self._outbox.clear()
+        self._writing = gen
+        self._run_off_loop(_write, self._conn, batch,
+                           done=lambda _r, err: self._written(gen, err))
+
+    def _written(self, gen, err):
+        if self._writing == gen:
+            self._writing = None
+        if err is not None:
+            self._on_lost(gen, "write failed: %s" % (str(err) or type(err).__name__))
+        else:
+            self._pump()
+
+    def _send_subscribe(self, destination):
+        sid = self._subs[destination]
+        rid = "%s-r%d" % (self.name, next(self._ids))
+        self._sub_receipts[rid] = (destination, sid)
+        self._queue("subscribe", destination, sid, ack="auto", headers={"receipt": rid})
+
+    # -- events from the broker (on the reactor) ------------------------------
+    def _on_receipt(self, gen, rid):
+        entry = self._publishes.pop(rid, None)
+        if entry is not None:
+            entry[1].cancel()
+            entry[0](True, None)
+            return
+        sub = self._sub_receipts.pop(rid, None)
+        if sub is not None and gen == self._gen and self._subs.get(sub[0]) == sub[1]:
+            self._confirmed.add(sub[1])
+            self._finish_sub(sub[0], True, None)
+
+    def _on_message(self, gen, headers, body):
+        # Delivered by the broker (ack=auto) even if the connection has died
+        # since: pass it on as long as we still want the destination.
+        destination = headers.get("destination", "")
+        if self._closed or self._subs.get(destination) != headers.get("subscription"):
+            return
+        if self.on_message:
+            self.on_message(destination, body, headers)
+
+    def _on_error(self, gen, headers, body):
+        reason = "broker error: %s" % (headers.get("message") or body or "unknown").strip()
+        rid = headers.get("receipt-id")
+        entry = self._publishes.pop(rid, None) if rid else None
+        if entry is not None:
+            # ActiveMQ names the failed frame; only that publish failed.
+            entry[1].cancel()
+            entry[0](False, reason)
+            return
+        # Anything else may leave the connection unusable (STOMP says the
+        # server closes after ERROR): start over.
+        log.warning("broker %s: %s", self.name, reason)
+        self._on_lost(gen, reason)
+
+    # -- bookkeeping -------------------------------------------------------------
+    # Failure and subscription callbacks go through call_soon so they never
+    # run inside the caller's own publish()/subscribe()/close().
+    def _finish_sub(self, destination, ok, error):
+        for done in self._sub_waiters.pop(destination, ()):
+            self.reactor.call_soon(done, ok, error)
+
+    def _publish_timeout(self, rid, timeout):
+        entry = self._publishes.pop(rid, None)
+        if entry is not None:
+            entry[0](False, "no receipt from broker within %g s" % timeout)
+
+    def _fail_all(self, reason):
+        pending, self._publishes = self._publishes, {}
+        for done, timer in pending.values():
+            timer.cancel()
+            self.reactor.call_soon(done, False, reason)
+
+
+# -- off-loop work (worker threads) ---------------------------------------------
+def _open(conn):
+    """TCP connect and STOMP frame; CONNECTED arrives through the listener."""
+    conn.connect(wait=False)
+
+
+def _write(conn, batch):
+    """Write queued frames in order; raises if the socket fails."""
+    for method, args, kwargs in batch:
+        getattr(conn, method)(*args, **kwargs)
+
+
+def _shut(conn, graceful):
+    """Close a connection; `graceful` says DISCONNECT first so the broker
+    does not log an aborted session."""
+    try:
+        if graceful and conn.is_connected():
+            conn.disconnect()
+    except Exception:
+        pass
+    try:
+        conn.transport.disconnect_socket()
+    except Exception:
+        pass
