@@ -1,0 +1,180 @@
+"""Helpers for the live tests: real processes, real sockets on 127.0.0.1."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+COURSE = os.path.join(os.path.dirname(ROOT), "shared", "course", "tests")
+BROKER = os.environ.get("NP_TEST_BROKER", "127.0.0.1:61613")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0, host="127.0.0.1"):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def children(pid):
+    """PIDs of the live children of `pid` (from /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+    return [p for p in pids if alive(p)]
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+class LoginServer:
+    """`server.py` as a real process with its own data dir and port."""
+
+    def __init__(self, *extra, data=None, port=None, broker=BROKER):
+        self.port = port or free_port()
+        self.own_data = data is None
+        self.data = data or tempfile.mkdtemp(prefix="np-test-")
+        self.extra = list(extra)
+        self.broker = broker
+        self.proc = None
+        self.log_path = os.path.join(self.data, "server.log")
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        cmd = [PYTHON, os.path.join(ROOT, "server.py"), "127.0.0.1", str(self.port),
+               "--data", self.data, "--broker", self.broker] + self.extra
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=ROOT)
+        wait_port(self.port)
+        return self
+
+    def app_pids(self):
+        return children(self.proc.pid)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+    def kill9(self):
+        pids = self.app_pids()
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        return pids
+
+    def cleanup(self):
+        self.stop()
+        if self.own_data:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+    def read_log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+class Conn:
+    """A persistent protocol connection: one line out, one JSON reply in."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=30.0):
+        if isinstance(port, str):
+            host, _, port = port.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.buf = b""
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def read_reply(self):
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, line):
+        self.send_raw(line.encode("utf-8") + b"\n")
+        return self.read_reply()
+
+    def close(self):
+        self.sock.close()
+
+
+def login(port, user, password):
+    """Log in over a fresh connection; returns the reply."""
+    c = Conn(port)
+    try:
+        return c.request(f"login {user} {password}")
+    finally:
+        c.close()
+
+
+def run_client(port, text, timeout=120, linger=None):
+    """Run ./client as a real process with `text` on stdin; returns stdout."""
+    cmd = [PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)]
+    if linger is not None:
+        cmd += ["--linger", str(linger)]
+    proc = subprocess.run(cmd, input=text.encode("utf-8"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"client exited {proc.returncode}: {proc.stderr.decode()}")
+    return proc.stdout.decode("utf-8")
+
+
+def without_chat(output):
+    return "".join(line for line in output.splitlines(True) if not line.startswith("<<<"))
+
+
+def broker_up():
+    host, _, port = BROKER.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False

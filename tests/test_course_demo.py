@@ -1,0 +1,38 @@
+"""The course's own demo files, run through ./client against one fresh
+./server each set, byte for byte (lines starting with <<< removed)."""
+import os
+import unittest
+
+from tests.support import COURSE, LoginServer, run_client, without_chat
+
+
+def demo_files(name):
+    base = os.path.join(COURSE, name)
+    for sub in ("test", "testdata"):
+        if os.path.isdir(os.path.join(base, sub)):
+            tests = sorted(os.listdir(os.path.join(base, sub)), key=lambda f: int(f.split(".")[0]))
+            return [(os.path.join(base, sub, t), os.path.join(base, "answer", t)) for t in tests]
+    return [(os.path.join(base, "input.txt"), os.path.join(base, "output.txt"))]
+
+
+class CourseDemoTest(unittest.TestCase):
+    def run_set(self, name):
+        with LoginServer() as server:
+            for test, answer in demo_files(name):
+                with self.subTest(file=os.path.basename(test)):
+                    with open(test) as f, open(answer) as g:
+                        got = without_chat(run_client(server.port, f.read()))
+                        self.assertEqual(got, g.read())
+
+    def test_hw5_demo(self):
+        self.run_set("hw5-demo")
+
+    def test_hw4_demo(self):
+        self.run_set("hw4-demo")
+
+    def test_hw2_hw3_sample(self):
+        self.run_set("hw2-hw3-sample")
+
+
+if __name__ == "__main__":
+    unittest.main()
