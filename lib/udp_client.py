@@ -1,0 +1,391 @@
+"""UDP hub client: its state machine and the reactor driver around it.
+
+`Client` is bring-your-own-I/O: typed lines, received datagrams, timer
+expiries and end of input go in; `Send` (to the server), `Print`,
+`SetTimer`/`CancelTimer` actions come out. `main()` wires it to stdin, one UDP
+socket and lib/reactor.py. Run as `./client --udp HOST PORT [--stay]`.
+"""
+import argparse
+import collections
+import enum
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from dataclasses import dataclass
+
+from lib import hub
+from lib.hub import SERVER, CancelTimer, Send, SetTimer
+from lib.reactor import Reactor
+
+log = logging.getLogger("udp_client")
+
+TIMEOUT = 2.0        # seconds to wait for the server's answer
+RETRIES = 3          # resends before giving up
+SEEN_MAX = 4096      # forwarded MSGIDs remembered for duplicate suppression
+ERR_NO_RESPONSE = "Error: no response from server"
+USAGE_HINT = "Error: type A->server#login<PASSWORD>, A->B#TEXT or A->server#logoff"
+
+
+@dataclass(frozen=True)
+class Print:
+    """Print `line` on stdout, on its own line."""
+    line: str
+
+
+class ClientState(enum.Enum):
+    OFFLINE = "OFFLINE"
+    LOGIN_SENT = "LOGIN_SENT"
+    ONLINE = "ONLINE"
+    MESSAGE_SENT = "MESSAGE_SENT"
+    LOGOUT_SENT = "LOGOUT_SENT"
+
+
+OFFLINE, LOGIN_SENT, ONLINE, MESSAGE_SENT, LOGOUT_SENT = ClientState
+WAITING = (LOGIN_SENT, MESSAGE_SENT, LOGOUT_SENT)
+# Where a request that got no answer falls back to.
+FALLBACK = {LOGIN_SENT: OFFLINE, MESSAGE_SENT: ONLINE, LOGOUT_SENT: OFFLINE}
+RETRY_KEY = ("retry",)
+
+
+@dataclass
+class Request:
+    """The one request in flight."""
+    text: str
+    msgid: str = None
+    sends: int = 1
+
+
+def parse_typed(line):
+    """A typed short form -> ("login", A, PASSWORD) | ("logoff", A) |
+    ("message", A, B, TEXT) | None."""
+    parts = hub.split_head(line)
+    if parts is None:
+        return None
+    src, dst, body = parts
+    if src == SERVER:
+        return None
+    if dst != SERVER:
+        return ("message", src, dst, body)
+    if body.startswith("login<") and body.endswith(">"):
+        return ("login", src, body[len("login<"):-1])
+    if body == "logoff":
+        return ("logoff", src)
+    return None
+
+
+class Client:
+    """The client diagram. `ip`/`port` are this client's receiving address,
+    written into the login datagram."""
+
+    def __init__(self, ip, port, timeout=TIMEOUT, retries=RETRIES, stay=False,
+                 msgid_factory=hub.new_msgid):
+        self.ip, self.port = ip, port
+        self.timeout, self.retries, self.stay = timeout, retries, stay
+        self.new_msgid = msgid_factory
+        self.state = OFFLINE
+        self.me = None          # the id of the login in progress or done
+        self.token = None
+        self.request = None     # Request in flight, in a WAITING state
+        self.queue = collections.deque()   # lines typed while waiting
+        self.seen = collections.OrderedDict()  # forwarded MSGIDs already shown
+        self.eof = False
+
+    @property
+    def done(self):
+        """True when the driver should exit: input over, nothing outstanding."""
+        return self.eof and not self.stay and not self.queue and self.state not in WAITING
+
+    # -- events ---------------------------------------------------------------------
+    def typed(self, line):
+        """A line from the user; queued while a request is outstanding."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return []
+        if self.state in WAITING or self.queue:
+            self.queue.append(line)
+            return []
+        return self._handle_line(line)
+
+    def received(self, data):
+        """A datagram from the server: printed verbatim (a forward once per
+        MSGID), then it may move the diagram."""
+        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+        text = text[:-1] if text.endswith("\n") else text
+        try:
+            dgram = hub.parse(text)
+        except hub.Malformed:
+            return [Print(text)]
+        if isinstance(dgram, hub.Message):
+            return self._forwarded(dgram, text)
+        handler = _ON_DATAGRAM.get((type(dgram), self.state))
+        if handler is None or dgram.dst != self.me:
+            return [Print(text)]  # stray or late: shown, no transition
+        return [Print(text)] + handler(self, dgram)
+
+    def timer(self, key):
+        """The answer timer fired: resend, or give up after `retries` resends."""
+        if self.request is None:
+            return []
+        if self.request.sends <= self.retries:
+            self.request.sends += 1
+            return [Send(self.request.text), SetTimer(RETRY_KEY, self.timeout)]
+        self.request = None
+        self.state = FALLBACK[self.state]
+        if self.state is OFFLINE:
+            self.token = None
+        return [Print(ERR_NO_RESPONSE)] + self._drain()
+
+    def end_of_input(self):
+        """stdin is exhausted: finish the queue, then `done` turns true."""
+        self.eof = True
+        return []
+
+    # -- typed lines, by (command, state) ------------------------------------------------
+    def _handle_line(self, line):
+        cmd = parse_typed(line)
+        if cmd is None:
+            return [Print(USAGE_HINT)]
+        handler = _ON_TYPED.get((cmd[0], self.state))
+        return handler(self, *cmd[1:])
+
+    def _send_login(self, me, password):
+        """OFFLINE + login -> LOGIN_SENT."""
+        self.me = me
+        return self._request(LOGIN_SENT, hub.Login(me, password, self.ip, self.port).text())
+
+    def _send_message(self, src, dst, body):
+        """ONLINE + message -> MESSAGE_SENT."""
+        if src != self.me:
+            return [Print(f"Error: logged in as {self.me}, not {src}")]
+        msgid = self.new_msgid()
+        return self._request(MESSAGE_SENT, hub.Message(src, dst, self.token, msgid, body).text(), msgid)
+
+    def _send_logoff(self, src):
+        """ONLINE + logoff -> LOGOUT_SENT."""
+        if src != self.me:
+            return [Print(f"Error: logged in as {self.me}, not {src}")]
+        return self._request(LOGOUT_SENT, hub.Logoff(src, self.token).text())
+
+    def _already_online(self, *_):
+        return [Print(f"Error: already logged in as {self.me}")]
+
+    def _not_online(self, *_):
+        return [Print("Error: not logged in")]
+
+    # -- datagrams, by (kind, state) -------------------------------------------------------
+    def _logged_in(self, dgram):
+        """LOGIN_SENT + Success<TOKEN> -> ONLINE."""
+        self.token = dgram.token
+        return self._answered(ONLINE)
+
+    def _login_failed(self, dgram):
+        """LOGIN_SENT + password error -> OFFLINE."""
+        return self._answered(OFFLINE)
+
+    def _replied(self, dgram):
+        """MESSAGE_SENT + the server's answer -> ONLINE, or OFFLINE when the
+        server no longer knows our token (expired or replaced)."""
+        if dgram.msgid != self.request.msgid:
+            return []  # answer to an older message
+        if dgram.body in (hub.ERR_LOGIN_AGAIN, hub.ERR_TOKEN):
+            return self._answered(OFFLINE)
+        return self._answered(ONLINE)
+
+    def _logged_off(self, dgram):
+        """LOGOUT_SENT + Success<TOKEN> (or token error: the server has no
+        session with our token either way) -> OFFLINE."""
+        return self._answered(OFFLINE)
+
+    def _forwarded(self, dgram, text):
+        """A message from another client: show it once, receipt every copy."""
+        actions = []
+        key = (dgram.src, dgram.msgid)
+        if key not in self.seen:
+            actions.append(Print(text))
+            self.seen[key] = None
+            if len(self.seen) > SEEN_MAX:
+                self.seen.popitem(last=False)
+        receipt = hub.Receipt(dgram.dst, dgram.token, dgram.msgid, dgram.body)
+        return actions + [Send(receipt.text())]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _request(self, state, text, msgid=None):
+        if len(text.encode("utf-8")) > hub.MAX_DATAGRAM:
+            return [Print("Error: message too long")]
+        self.state = state
+        self.request = Request(text, msgid)
+        return [Send(text), SetTimer(RETRY_KEY, self.timeout)]
+
+    def _answered(self, state):
+        self.state = state
+        self.request = None
+        if state is OFFLINE:
+            self.token = None
+        return [CancelTimer(RETRY_KEY)] + self._drain()
+
+    def _drain(self):
+        """Back in OFFLINE/ONLINE: run queued lines until one is a request."""
+        actions = []
+        while self.queue and self.state not in WAITING:
+            actions += self._handle_line(self.queue.popleft())
+        return actions
+
+
+_ON_TYPED = {
+    ("login", OFFLINE): Client._send_login,
+    ("login", ONLINE): Client._already_online,
+    ("message", ONLINE): Client._send_message,
+    ("message", OFFLINE): Client._not_online,
+    ("logoff", ONLINE): Client._send_logoff,
+    ("logoff", OFFLINE): Client._not_online,
+}
+_ON_DATAGRAM = {
+    (hub.TokenAck, LOGIN_SENT): Client._logged_in,
+    (hub.LoginFailed, LOGIN_SENT): Client._login_failed,
+    (hub.Reply, MESSAGE_SENT): Client._replied,
+    (hub.TokenAck, LOGOUT_SENT): Client._logged_off,
+    (hub.LogoffFailed, LOGOUT_SENT): Client._logged_off,
+}
+
+
+# -- the reactor driver ------------------------------------------------------------------
+class _Driver:
+    """Moves bytes between stdin/stdout/the socket and a Client; fires its timers."""
+
+    def __init__(self, reactor, sock, client):
+        self.reactor, self.sock, self.client = reactor, sock, client
+        self.timers = {}
+        self.inbuf = b""
+        self.status = 0
+        reactor.add_reader(sock, self._on_datagram)
+        self._start_stdin()
+
+    def _start_stdin(self):
+        try:
+            regular = stat.S_ISREG(os.fstat(0).st_mode)
+        except OSError:
+            regular = True  # no stdin at all: read() will report EOF
+        if not regular:
+            try:
+                self.reactor.add_reader(0, self._on_stdin)
+                return
+            except (PermissionError, OSError, ValueError):
+                pass
+        # epoll cannot watch a regular file (or /dev/null); it is always
+        # readable anyway, so read it a chunk per turn.
+        self.reactor.call_soon(self._read_file_chunk)
+
+    def _read_file_chunk(self):
+        if self._read_stdin():
+            self.reactor.call_soon(self._read_file_chunk)
+
+    def _on_stdin(self):
+        if not self._read_stdin():
+            self.reactor.remove_reader(0)
+
+    def _read_stdin(self):
+        """Feed complete lines to the client; False at end of input."""
+        try:
+            data = os.read(0, 65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self.inbuf += data
+            *lines, self.inbuf = self.inbuf.split(b"\n")
+            for line in lines:
+                self._apply(self.client.typed(line.decode("utf-8", "replace")))
+            return True
+        if self.inbuf:  # a last line without newline still counts
+            line, self.inbuf = self.inbuf, b""
+            self._apply(self.client.typed(line.decode("utf-8", "replace")))
+        self._apply(self.client.end_of_input())
+        return False
+
+    def _on_datagram(self):
+        for _ in range(64):
+            try:
+                data = self.sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # ICMP "port unreachable" from an earlier send: the timer copes
+            self._apply(self.client.received(data))
+
+    def _fire(self, key):
+        self.timers.pop(key, None)
+        self._apply(self.client.timer(key))
+
+    def _apply(self, actions):
+        for action in actions:
+            _DO[type(action)](self, action)
+        if self.client.done:
+            self.reactor.stop()
+
+    def _send(self, action):
+        try:
+            self.sock.send(action.text.encode("utf-8"))
+        except OSError as e:
+            log.debug("send failed: %s", e)  # UDP: the retry timer covers it
+
+    def _print(self, action):
+        try:
+            sys.stdout.write(action.line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            self.status = 1
+            self.reactor.stop()
+
+    def _set_timer(self, action):
+        self._cancel_timer(action)
+        self.timers[action.key] = self.reactor.call_later(action.delay, self._fire, action.key)
+
+    def _cancel_timer(self, action):
+        timer = self.timers.pop(action.key, None)
+        if timer:
+            timer.cancel()
+
+
+_DO = {Send: _Driver._send, Print: _Driver._print,
+       SetTimer: _Driver._set_timer, CancelTimer: _Driver._cancel_timer}
+
+
+def _parser():
+    ap = argparse.ArgumentParser(
+        prog="client --udp",
+        description="UDP hub client. Type A->server#login<PASSWORD>, A->B#TEXT "
+                    "or A->server#logoff; every datagram from the hub is printed.")
+    ap.add_argument("host", help="hub address, e.g. 127.0.0.1")
+    ap.add_argument("port", type=int, help="hub UDP port")
+    ap.add_argument("--stay", action="store_true",
+                    help="keep receiving after the end of input (until Ctrl-C)")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    """`client --udp HOST PORT [--stay]`; argv is what follows `--udp`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="udp_client %(levelname)s %(message)s")
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # connect() picks the local IP the hub will see (the login must carry
+        # it) and makes the kernel drop datagrams from anyone but the hub.
+        sock.connect(addr)
+    except OSError as e:
+        print(f"Error: cannot reach {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    sock.setblocking(False)
+    ip, port = sock.getsockname()[:2]
+    reactor = Reactor()
+    driver = _Driver(reactor, sock, Client(ip, port, stay=args.stay))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        reactor.add_signal_handler(signum, reactor.stop)
+    reactor.run()
+    sock.close()
+    return driver.status

@@ -1,0 +1,596 @@
+"""Pure tests of the UDP hub: codec, server sessions and client machine; no sockets.
+
+Every edge of both state diagrams (shared/seeds/002, shared/spec/UDP-HUB.md)
+has a test named after it.
+"""
+import itertools
+import unittest
+
+from lib import hub, passwords
+from lib.hub import (CancelTimer, Login, LoginFailed, LogoffFailed, Logoff, Malformed, Message,
+                     Receipt, Reply, Send, SessionState, SetTimer, TokenAck, Verify)
+from lib.udp_client import Client, ClientState, Print
+
+A_ADDR = ("127.0.0.1", 40001)
+B_ADDR = ("127.0.0.1", 40002)
+C_ADDR = ("127.0.0.1", 40003)
+ACCOUNTS = {"alice": "alice123", "bob": "bob123", "carol": "carol123"}
+
+
+def sends(actions):
+    return [(a.text, a.addr) for a in actions if isinstance(a, Send)]
+
+
+def timers(actions):
+    return [a for a in actions if isinstance(a, (SetTimer, CancelTimer))]
+
+
+class CodecTest(unittest.TestCase):
+    def test_token_format(self):
+        allowed = set(hub.TOKEN_ALPHABET)
+        self.assertEqual(allowed - set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+                         set("!$%&*+-=?@^_~"))
+        for _ in range(500):
+            token = hub.new_token()
+            self.assertEqual(len(token), 6)
+            self.assertTrue(set(token) <= allowed, token)
+            self.assertTrue(hub.is_token(token))
+            self.assertFalse(set(token) & set("<>#\t\n "))
+        self.assertGreater(len({hub.new_token() for _ in range(200)}), 195)
+
+    def test_msgid_format(self):
+        for _ in range(200):
+            msgid = hub.new_msgid()
+            self.assertRegex(msgid, r"\A\d{10}\Z")
+            self.assertTrue(hub.is_msgid(msgid))
+        self.assertFalse(hub.is_msgid("12345"))
+        self.assertFalse(hub.is_msgid("١٢٣٤٥٦٧٨٩٠"))  # non-ASCII digits
+
+    def test_every_datagram_round_trips(self):
+        cases = {
+            "alice->server#login<alice123><127.0.0.1><40001>": Login("alice", "alice123", "127.0.0.1", 40001),
+            "server->alice#Success<Ab3$x_>": TokenAck("alice", "Ab3$x_"),
+            "server->alice#Error: password does not match!": LoginFailed("alice"),
+            "alice->bob#<Ab3$x_><0123456789>hi there # <3": Message("alice", "bob", "Ab3$x_", "0123456789", "hi there # <3"),
+            "server->alice#<Ab3$x_><0123456789>Success: hi": Reply("alice", "Ab3$x_", "0123456789", "Success: hi"),
+            "server->alice#<Ab3$x_><0123456789>Error: token error!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_TOKEN),
+            "server->alice#<Ab3$x_><0123456789>Error: destination offline!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_OFFLINE),
+            "server->alice#<Ab3$x_><0123456789>Error: please log in again!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_LOGIN_AGAIN),
+            "bob->server#<Zz9~^@><0123456789>Success: hi": Receipt("bob", "Zz9~^@", "0123456789", "hi"),
+            "alice->server#logoff<Ab3$x_>": Logoff("alice", "Ab3$x_"),
+            "server->alice#Error: token error!": LogoffFailed("alice"),
+        }
+        for text, dgram in cases.items():
+            with self.subTest(text=text):
+                self.assertEqual(hub.parse(text), dgram)
+                self.assertEqual(dgram.text(), text)
+                self.assertEqual(hub.parse(text.encode() + b"\n"), dgram)  # trailing newline tolerated
+
+    def test_password_may_contain_angle_brackets(self):
+        self.assertEqual(hub.parse("a->server#login<p<w>d><10.0.0.1><9>"), Login("a", "p<w>d", "10.0.0.1", 9))
+
+    def test_malformed(self):
+        for bad in [b"", b"hello", b"alice->server#", b"alice->server#login<pw>",
+                    b"alice->server#login<pw><127.0.0.1><port>", b"alice->bob#no token",
+                    b"alice->bob#<tok123><12345>short msgid", b"alice->server#logoff",
+                    b"server->server#Success<abcdef>", b"\xff\xfe->server#login<x><1><2>",
+                    b"al ice->bob#<abcdef><0123456789>x", b"alice->server#<abcdef><0123456789>not a receipt"]:
+            with self.subTest(bad=bad):
+                with self.assertRaises(Malformed):
+                    hub.parse(bad)
+
+
+class HubTestCase(unittest.TestCase):
+    """Drives a Hub with predictable tokens and a fake clock."""
+
+    def setUp(self):
+        self.tokens = (f"tok{n:03d}" for n in itertools.count())
+        self.hub = hub.Hub(ACCOUNTS, expiry=300, token_factory=lambda: next(self.tokens))
+        self.now = 1000.0
+
+    def send(self, text, addr, dt=0.0):
+        self.now += dt
+        return self.hub.datagram(text.encode(), addr, self.now)
+
+    def login(self, who, addr, password=None):
+        actions = self.send(f"{who}->server#login<{password or who + '123'}><{addr[0]}><{addr[1]}>", addr)
+        return actions, self.hub.sessions[who].token if who in self.hub.sessions else None
+
+    def fire(self, key, dt):
+        self.now += dt
+        return self.hub.timer(key, self.now)
+
+
+class ServerLoginTest(HubTestCase):
+    def test_offline_login_match_goes_online(self):
+        actions, token = self.login("alice", A_ADDR)
+        self.assertEqual(token, "tok000")
+        self.assertEqual(sends(actions), [("server->alice#Success<tok000>", A_ADDR)])
+        self.assertIn(SetTimer(("expire", "alice"), 300), actions)
+        self.assertIs(self.hub.state("alice"), SessionState.ONLINE)
+
+    def test_offline_login_mismatch_back_to_offline(self):
+        actions = self.send("alice->server#login<wrong><127.0.0.1><40001>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Error: password does not match!", A_ADDR)])
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+
+    def test_unknown_id_gets_the_same_error(self):
+        actions = self.send("mallory->server#login<x><127.0.0.1><40001>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->mallory#Error: password does not match!", A_ADDR)])
+        self.assertNotIn("mallory", self.hub.sessions)
+
+    def test_reply_goes_to_the_login_port(self):
+        # The client may send from one socket and receive on another.
+        actions = self.send("alice->server#login<alice123><127.0.0.1><50000>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Success<tok000>", ("127.0.0.1", 50000))])
+
+    def test_login_claiming_another_ip_is_rejected(self):
+        actions = self.send("alice->server#login<alice123><10.9.8.7><40001>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Error: password does not match!", A_ADDR)])
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+        self.assertEqual(self.hub.stats["spoofed"], 1)
+
+    def test_scrypt_login_passes_through_login_received(self):
+        self.hub.set_accounts({"dave": passwords.hash_password("pw", n=2 ** 4)})
+        actions = self.send("dave->server#login<pw><127.0.0.1><40001>", A_ADDR)
+        [verify] = actions
+        self.assertIsInstance(verify, Verify)
+        self.assertIs(self.hub.state("dave"), SessionState.LOGIN_RECEIVED)
+        # A resent login while the check runs is absorbed.
+        self.assertEqual(self.send("dave->server#login<pw><127.0.0.1><40001>", A_ADDR), [])
+        ok = passwords.verify(verify.stored, verify.password)
+        actions = self.hub.verified(verify.ticket, ok, self.now)
+        self.assertEqual(sends(actions), [("server->dave#Success<tok000>", A_ADDR)])
+        self.assertIs(self.hub.state("dave"), SessionState.ONLINE)
+
+    def test_scrypt_login_mismatch_from_login_received(self):
+        self.hub.set_accounts({"dave": passwords.hash_password("pw", n=2 ** 4)})
+        [verify] = self.send("dave->server#login<nope><127.0.0.1><40001>", A_ADDR)
+        actions = self.hub.verified(verify.ticket, passwords.verify(verify.stored, verify.password), self.now)
+        self.assertEqual(sends(actions), [("server->dave#Error: password does not match!", A_ADDR)])
+        self.assertIs(self.hub.state("dave"), SessionState.OFFLINE)
+        self.assertEqual(self.hub.verified(verify.ticket, True, self.now), [])  # stale ticket
+
+    def test_message_during_login_received_must_log_in(self):
+        self.hub.set_accounts({"dave": passwords.hash_password("pw", n=2 ** 4)})
+        self.send("dave->server#login<pw><127.0.0.1><40001>", A_ADDR)
+        actions = self.send("dave->bob#<abcdef><0123456789>hi", A_ADDR)
+        self.assertEqual(sends(actions), [("server->dave#<abcdef><0123456789>Error: please log in again!", A_ADDR)])
+
+    def test_resent_login_keeps_the_token(self):
+        self.login("alice", A_ADDR)
+        actions, token = self.login("alice", A_ADDR)
+        self.assertEqual(token, "tok000")
+        self.assertEqual(sends(actions), [("server->alice#Success<tok000>", A_ADDR)])
+
+    def test_login_from_a_new_client_gets_a_new_token(self):
+        self.login("alice", A_ADDR)
+        _, token = self.login("alice", C_ADDR)
+        self.assertEqual(token, "tok001")
+        self.assertEqual(self.hub.sessions["alice"].addr, C_ADDR)
+
+    def test_wrong_password_does_not_knock_an_online_user_off(self):
+        self.login("alice", A_ADDR)
+        actions = self.send("alice->server#login<bad><127.0.0.1><40003>", C_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Error: password does not match!", C_ADDR)])
+        self.assertIs(self.hub.state("alice"), SessionState.ONLINE)
+        self.assertEqual(self.hub.sessions["alice"].token, "tok000")
+
+    def test_accounts_reload_applies_to_next_login(self):
+        self.hub.set_accounts({"erin": "erin1"})
+        _, token = self.login("erin", A_ADDR, password="erin1")
+        self.assertEqual(token, "tok000")
+
+
+class ServerMessageTest(HubTestCase):
+    def setUp(self):
+        super().setUp()
+        self.login("alice", A_ADDR)   # tok000
+        self.login("bob", B_ADDR)     # tok001
+
+    def test_online_message_forwards_with_receivers_token(self):
+        actions = self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        self.assertEqual(sends(actions), [
+            ("server->alice#<tok000><0123456789>Success: hello", A_ADDR),
+            ("alice->bob#<tok001><0123456789>hello", B_ADDR),
+        ])
+        self.assertIn(SetTimer(("resend", "bob", "0123456789"), 1.0), actions)
+        self.assertIs(self.hub.state("alice"), SessionState.ONLINE)       # sender stays
+        self.assertIs(self.hub.state("bob"), SessionState.MESSAGE_FORWARD)
+
+    def test_message_forward_receipt_back_to_online(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        actions = self.send("bob->server#<tok001><0123456789>Success: hello", B_ADDR)
+        self.assertEqual(actions, [CancelTimer(("resend", "bob", "0123456789"))])
+        self.assertIs(self.hub.state("bob"), SessionState.ONLINE)
+        self.assertEqual(self.send("bob->server#<tok001><0123456789>Success: hello", B_ADDR), [])  # duplicate
+
+    def test_message_forward_stays_until_every_receipt(self):
+        self.login("carol", C_ADDR)  # tok002
+        self.send("alice->bob#<tok000><1111111111>one", A_ADDR)
+        actions = self.send("carol->bob#<tok002><2222222222>two", C_ADDR)  # forwarded in MESSAGE_FORWARD too
+        self.assertIn(("carol->bob#<tok001><2222222222>two", B_ADDR), sends(actions))
+        self.send("bob->server#<tok001><2222222222>Success: two", B_ADDR)
+        self.assertIs(self.hub.state("bob"), SessionState.MESSAGE_FORWARD)
+        self.send("bob->server#<tok001><1111111111>Success: one", B_ADDR)
+        self.assertIs(self.hub.state("bob"), SessionState.ONLINE)
+
+    def test_sender_in_message_forward_can_send(self):
+        self.send("alice->bob#<tok000><1111111111>one", A_ADDR)
+        actions = self.send("bob->alice#<tok001><2222222222>back", B_ADDR)
+        self.assertEqual(sends(actions)[0], ("server->bob#<tok001><2222222222>Success: back", B_ADDR))
+        self.assertIs(self.hub.state("alice"), SessionState.MESSAGE_FORWARD)
+
+    def test_resend_of_a_message_in_flight_is_not_forwarded_twice(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        actions = self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<tok000><0123456789>Success: hello", A_ADDR)])
+
+    def test_token_error(self):
+        actions = self.send("alice->bob#<tok001><0123456789>spoof", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<tok001><0123456789>Error: token error!", A_ADDR)])
+        self.assertIs(self.hub.state("bob"), SessionState.ONLINE)  # nothing forwarded
+
+    def test_right_token_from_another_ip_is_a_token_error(self):
+        actions = self.send("alice->bob#<tok000><0123456789>spoof", ("127.0.0.2", 40001))
+        self.assertEqual(sends(actions), [("server->alice#<tok000><0123456789>Error: token error!",
+                                           ("127.0.0.2", 40001))])
+
+    def test_destination_offline(self):
+        for dest in ("carol", "nobody"):
+            actions = self.send(f"alice->{dest}#<tok000><0123456789>hi", A_ADDR)
+            self.assertEqual(sends(actions), [("server->alice#<tok000><0123456789>Error: destination offline!", A_ADDR)])
+
+    def test_message_from_offline_sender_must_log_in(self):
+        actions = self.send("carol->bob#<abcdef><0123456789>hi", C_ADDR)
+        self.assertEqual(sends(actions), [("server->carol#<abcdef><0123456789>Error: please log in again!", C_ADDR)])
+
+    def test_forward_resent_every_second_five_times_then_dropped(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        key = ("resend", "bob", "0123456789")
+        for _ in range(5):
+            actions = self.fire(key, 1.0)
+            self.assertEqual(sends(actions), [("alice->bob#<tok001><0123456789>hello", B_ADDR)])
+            self.assertIn(SetTimer(key, 1.0), actions)
+        self.assertIs(self.hub.state("bob"), SessionState.MESSAGE_FORWARD)
+        self.assertEqual(self.fire(key, 1.0), [])  # gives up
+        self.assertIs(self.hub.state("bob"), SessionState.ONLINE)
+        self.assertEqual(self.hub.stats["undelivered"], 1)
+
+    def test_resend_stops_after_receipt(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        self.send("bob->server#<tok001><0123456789>Success: hello", B_ADDR)
+        self.assertEqual(self.fire(("resend", "bob", "0123456789"), 1.0), [])
+
+    def test_receipt_with_wrong_token_is_ignored(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        self.assertEqual(self.send("bob->server#<tok000><0123456789>Success: hello", B_ADDR), [])
+        self.assertIs(self.hub.state("bob"), SessionState.MESSAGE_FORWARD)
+        self.assertEqual(self.hub.stats["spoofed"], 1)
+
+    def test_receipt_from_offline_client_is_dropped(self):
+        self.assertEqual(self.send("carol->server#<abcdef><0123456789>Success: x", C_ADDR), [])
+        self.assertEqual(self.hub.stats["stale"], 1)
+
+
+class ServerLogoffAndExpiryTest(HubTestCase):
+    def setUp(self):
+        super().setUp()
+        self.login("alice", A_ADDR)   # tok000
+        self.login("bob", B_ADDR)     # tok001
+
+    def test_online_logoff_goes_offline(self):
+        actions = self.send("alice->server#logoff<tok000>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Success<tok000>", A_ADDR)])
+        self.assertIn(CancelTimer(("expire", "alice")), actions)
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+        actions = self.send("alice->bob#<tok000><0123456789>hi", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<tok000><0123456789>Error: please log in again!", A_ADDR)])
+
+    def test_message_forward_logoff_goes_offline_and_stops_resending(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        actions = self.send("bob->server#logoff<tok001>", B_ADDR)
+        self.assertIn(CancelTimer(("resend", "bob", "0123456789")), actions)
+        self.assertIs(self.hub.state("bob"), SessionState.OFFLINE)
+        self.assertEqual(self.fire(("resend", "bob", "0123456789"), 1.0), [])
+
+    def test_logoff_with_bad_token(self):
+        actions = self.send("alice->server#logoff<tok001>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#Error: token error!", A_ADDR)])
+        self.assertIs(self.hub.state("alice"), SessionState.ONLINE)
+
+    def test_logoff_when_offline(self):
+        actions = self.send("carol->server#logoff<abcdef>", C_ADDR)
+        self.assertEqual(sends(actions), [("server->carol#Error: token error!", C_ADDR)])
+
+    def test_online_expires_silently(self):
+        actions = self.fire(("expire", "alice"), 300.0)
+        self.assertEqual(sends(actions), [])
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+        actions = self.send("alice->bob#<tok000><0123456789>hi", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<tok000><0123456789>Error: please log in again!", A_ADDR)])
+
+    def test_message_forward_expires(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR)
+        actions = self.fire(("expire", "bob"), 300.0)
+        self.assertIs(self.hub.state("bob"), SessionState.OFFLINE)
+        self.assertIn(CancelTimer(("resend", "bob", "0123456789")), actions)
+        actions = self.send("alice->bob#<tok000><1111111111>again", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<tok000><1111111111>Error: destination offline!", A_ADDR)])
+
+    def test_activity_postpones_expiry(self):
+        self.send("alice->bob#<tok000><0123456789>hello", A_ADDR, dt=200.0)
+        actions = self.fire(("expire", "alice"), 100.0)
+        self.assertEqual(actions, [SetTimer(("expire", "alice"), 200.0)])
+        self.assertIs(self.hub.state("alice"), SessionState.ONLINE)
+        self.fire(("expire", "alice"), 200.0)
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+
+    def test_spoofed_datagrams_do_not_postpone_expiry(self):
+        self.send("alice->bob#<badbad><0123456789>x", A_ADDR, dt=200.0)
+        self.fire(("expire", "alice"), 100.0)
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+
+
+class ServerDropTest(HubTestCase):
+    def test_malformed_counted_and_dropped(self):
+        for bad in (b"garbage", b"\xff\x00", b"server->alice#Success<abcdef>", b"a->server#login<x>"):
+            self.assertEqual(self.hub.datagram(bad, A_ADDR, self.now), [])
+        self.assertEqual(self.hub.stats["malformed"], 4)
+
+    def test_oversized_dropped(self):
+        big = "alice->server#login<" + "x" * 2100 + "><127.0.0.1><40001>"
+        self.assertEqual(self.hub.datagram(big.encode(), A_ADDR, self.now), [])
+        self.assertEqual(self.hub.stats["oversized"], 1)
+        self.assertIs(self.hub.state("alice"), SessionState.OFFLINE)
+
+    def test_exactly_max_size_is_accepted(self):
+        head = "alice->server#login<"
+        tail = "><127.0.0.1><40001>"
+        text = head + "x" * (hub.MAX_DATAGRAM - len(head) - len(tail)) + tail
+        self.assertEqual(len(text), hub.MAX_DATAGRAM)
+        self.assertEqual(len(sends(self.hub.datagram(text.encode(), A_ADDR, self.now))), 1)
+
+    def test_non_ascii_token_is_a_token_error_not_a_crash(self):
+        self.login("alice", A_ADDR)
+        actions = self.send("alice->bob#<ééé><0123456789>x", A_ADDR)
+        self.assertEqual(sends(actions), [("server->alice#<ééé><0123456789>Error: token error!", A_ADDR)])
+
+
+class ClientTestCase(unittest.TestCase):
+    def setUp(self):
+        self.msgids = (f"{n:010d}" for n in itertools.count(1))
+        self.client = Client("127.0.0.1", 40001, msgid_factory=lambda: next(self.msgids))
+
+    def typed(self, line):
+        return self.client.typed(line)
+
+    def recv(self, text):
+        return self.client.received(text.encode())
+
+    def go_online(self):
+        self.typed("alice->server#login<alice123>")
+        self.recv("server->alice#Success<Ab3$x_>")
+
+    def assertState(self, state):
+        self.assertIs(self.client.state, state)
+
+
+def sent(actions):
+    return [a.text for a in actions if isinstance(a, Send)]
+
+
+def printed(actions):
+    return [a.line for a in actions if isinstance(a, Print)]
+
+
+class ClientLoginTest(ClientTestCase):
+    def test_offline_typed_login_goes_login_sent(self):
+        actions = self.typed("alice->server#login<alice123>")
+        self.assertEqual(sent(actions), ["alice->server#login<alice123><127.0.0.1><40001>"])
+        self.assertIn(SetTimer(("retry",), 2.0), actions)
+        self.assertState(ClientState.LOGIN_SENT)
+
+    def test_login_sent_success_goes_online(self):
+        self.typed("alice->server#login<alice123>")
+        actions = self.recv("server->alice#Success<Ab3$x_>")
+        self.assertEqual(printed(actions), ["server->alice#Success<Ab3$x_>"])
+        self.assertIn(CancelTimer(("retry",)), actions)
+        self.assertState(ClientState.ONLINE)
+        self.assertEqual(self.client.token, "Ab3$x_")
+
+    def test_login_sent_error_goes_offline(self):
+        self.typed("alice->server#login<nope>")
+        actions = self.recv("server->alice#Error: password does not match!")
+        self.assertEqual(printed(actions), ["server->alice#Error: password does not match!"])
+        self.assertState(ClientState.OFFLINE)
+
+    def test_login_sent_no_response_resends_three_times_then_offline(self):
+        self.typed("alice->server#login<alice123>")
+        for _ in range(3):
+            actions = self.client.timer(("retry",))
+            self.assertEqual(sent(actions), ["alice->server#login<alice123><127.0.0.1><40001>"])
+            self.assertState(ClientState.LOGIN_SENT)
+        actions = self.client.timer(("retry",))
+        self.assertEqual(printed(actions), ["Error: no response from server"])
+        self.assertEqual(sent(actions), [])
+        self.assertState(ClientState.OFFLINE)
+
+    def test_login_sent_holds_on_other_events(self):
+        self.typed("alice->server#login<alice123>")
+        actions = self.recv("server->alice#<Ab3$x_><0000000001>Success: stray")
+        self.assertEqual(printed(actions), ["server->alice#<Ab3$x_><0000000001>Success: stray"])
+        self.assertState(ClientState.LOGIN_SENT)
+
+
+class ClientMessageTest(ClientTestCase):
+    def setUp(self):
+        super().setUp()
+        self.go_online()
+
+    def test_online_typed_message_goes_message_sent(self):
+        actions = self.typed("alice->bob#hello bob")
+        self.assertEqual(sent(actions), ["alice->bob#<Ab3$x_><0000000001>hello bob"])
+        self.assertState(ClientState.MESSAGE_SENT)
+
+    def test_message_sent_reply_goes_online(self):
+        for n, reply in enumerate(("Success: hello", "Error: destination offline!"), 1):
+            self.typed("alice->bob#hello")
+            actions = self.recv(f"server->alice#<Ab3$x_><{n:010d}>{reply}")
+            self.assertEqual(printed(actions), [f"server->alice#<Ab3$x_><{n:010d}>{reply}"])
+            self.assertIn(CancelTimer(("retry",)), actions)
+            self.assertState(ClientState.ONLINE)
+
+    def test_message_sent_please_log_in_again_goes_offline(self):
+        self.typed("alice->bob#hello")
+        self.recv("server->alice#<Ab3$x_><0000000001>Error: please log in again!")
+        self.assertState(ClientState.OFFLINE)
+        self.assertIsNone(self.client.token)
+
+    def test_message_sent_token_error_goes_offline(self):
+        self.typed("alice->bob#hello")
+        self.recv("server->alice#<Ab3$x_><0000000001>Error: token error!")
+        self.assertState(ClientState.OFFLINE)
+
+    def test_reply_for_another_msgid_does_not_count(self):
+        self.typed("alice->bob#hello")
+        self.recv("server->alice#<Ab3$x_><9999999999>Success: old")
+        self.assertState(ClientState.MESSAGE_SENT)
+
+    def test_message_sent_no_response_falls_back_online(self):
+        self.typed("alice->bob#hello")
+        for _ in range(3):
+            self.assertEqual(len(sent(self.client.timer(("retry",)))), 1)
+        actions = self.client.timer(("retry",))
+        self.assertEqual(printed(actions), ["Error: no response from server"])
+        self.assertState(ClientState.ONLINE)
+        self.assertEqual(self.client.token, "Ab3$x_")
+
+    def test_lines_typed_while_waiting_are_queued(self):
+        self.assertEqual(len(sent(self.typed("alice->bob#one"))), 1)
+        self.assertEqual(self.typed("alice->bob#two"), [])
+        self.assertEqual(self.typed("alice->server#logoff"), [])
+        actions = self.recv("server->alice#<Ab3$x_><0000000001>Success: one")
+        self.assertEqual(sent(actions), ["alice->bob#<Ab3$x_><0000000002>two"])
+        actions = self.recv("server->alice#<Ab3$x_><0000000002>Success: two")
+        self.assertEqual(sent(actions), ["alice->server#logoff<Ab3$x_>"])
+        self.assertState(ClientState.LOGOUT_SENT)
+
+    def test_forward_printed_once_receipt_for_every_copy(self):
+        fwd = "bob->alice#<Ab3$x_><5555555555>hi alice"
+        receipt = "alice->server#<Ab3$x_><5555555555>Success: hi alice"
+        first = self.recv(fwd)
+        self.assertEqual(printed(first), [fwd])
+        self.assertEqual(sent(first), [receipt])
+        again = self.recv(fwd)
+        self.assertEqual(printed(again), [])
+        self.assertEqual(sent(again), [receipt])
+        self.assertState(ClientState.ONLINE)  # a forward moves no state
+
+    def test_forward_while_message_sent_keeps_waiting(self):
+        self.typed("alice->bob#hello")
+        self.recv("bob->alice#<Ab3$x_><5555555555>crossing")
+        self.assertState(ClientState.MESSAGE_SENT)
+
+    def test_local_errors(self):
+        self.assertEqual(printed(self.typed("alice->server#login<x>")), ["Error: already logged in as alice"])
+        self.assertEqual(printed(self.typed("bob->carol#hi")), ["Error: logged in as alice, not bob"])
+        self.assertTrue(printed(self.typed("nonsense"))[0].startswith("Error: "))
+        self.assertEqual(self.typed("   "), [])
+        self.assertEqual(printed(self.typed("alice->bob#" + "x" * 3000)), ["Error: message too long"])
+        self.assertState(ClientState.ONLINE)
+
+
+class ClientLogoffTest(ClientTestCase):
+    def setUp(self):
+        super().setUp()
+        self.go_online()
+
+    def test_online_typed_logoff_goes_logout_sent(self):
+        actions = self.typed("alice->server#logoff")
+        self.assertEqual(sent(actions), ["alice->server#logoff<Ab3$x_>"])
+        self.assertState(ClientState.LOGOUT_SENT)
+
+    def test_logout_sent_success_goes_offline(self):
+        self.typed("alice->server#logoff")
+        actions = self.recv("server->alice#Success<Ab3$x_>")
+        self.assertEqual(printed(actions), ["server->alice#Success<Ab3$x_>"])
+        self.assertState(ClientState.OFFLINE)
+        self.assertIsNone(self.client.token)
+        self.assertEqual(printed(self.typed("alice->bob#x")), ["Error: not logged in"])
+
+    def test_logout_sent_token_error_goes_offline(self):
+        self.typed("alice->server#logoff")
+        self.recv("server->alice#Error: token error!")
+        self.assertState(ClientState.OFFLINE)
+
+    def test_logout_sent_no_response_goes_offline(self):
+        self.typed("alice->server#logoff")
+        for _ in range(3):
+            self.client.timer(("retry",))
+        self.assertEqual(printed(self.client.timer(("retry",))), ["Error: no response from server"])
+        self.assertState(ClientState.OFFLINE)
+
+    def test_can_log_in_again_after_logoff(self):
+        self.typed("alice->server#logoff")
+        self.recv("server->alice#Success<Ab3$x_>")
+        self.assertEqual(len(sent(self.typed("alice->server#login<alice123>"))), 1)
+        self.assertState(ClientState.LOGIN_SENT)
+
+
+class ClientEndOfInputTest(ClientTestCase):
+    def test_exits_when_idle(self):
+        self.client.end_of_input()
+        self.assertTrue(self.client.done)
+
+    def test_finishes_outstanding_first(self):
+        self.typed("alice->server#login<alice123>")
+        self.typed("alice->bob#queued")
+        self.client.end_of_input()
+        self.assertFalse(self.client.done)
+        self.recv("server->alice#Success<Ab3$x_>")
+        self.assertFalse(self.client.done)
+        self.recv("server->alice#<Ab3$x_><0000000001>Success: queued")
+        self.assertTrue(self.client.done)
+
+    def test_stay_keeps_receiving(self):
+        client = Client("127.0.0.1", 40001, stay=True)
+        client.end_of_input()
+        self.assertFalse(client.done)
+
+
+class FullExchangeTest(unittest.TestCase):
+    """Two clients and a hub wired together in memory (a lossless network)."""
+
+    def test_conversation(self):
+        the_hub = hub.Hub(ACCOUNTS)
+        clients = {A_ADDR: Client(*A_ADDR), B_ADDR: Client(*B_ADDR)}
+        out = {A_ADDR: [], B_ADDR: []}
+
+        def deliver(addr, actions):
+            queue = [(addr, a) for a in actions]
+            while queue:
+                src, action = queue.pop(0)
+                if isinstance(action, Print):
+                    out[src].append(action.line)
+                elif isinstance(action, Send) and action.addr is None:  # client -> hub
+                    queue += [(None, a) for a in the_hub.datagram(action.text.encode(), src, 0.0)]
+                elif isinstance(action, Send):  # hub -> client
+                    queue += [(action.addr, a) for a in clients[action.addr].received(action.text.encode())]
+
+        deliver(B_ADDR, clients[B_ADDR].typed("bob->server#login<bob123>"))
+        for line in ("alice->server#login<alice123>", "alice->bob#hi bob", "alice->server#logoff"):
+            deliver(A_ADDR, clients[A_ADDR].typed(line))
+        alice = the_hub.sessions["alice"]
+        self.assertEqual(len(out[A_ADDR]), 3, out[A_ADDR])
+        self.assertRegex(out[A_ADDR][0], r"\Aserver->alice#Success<.{6}>\Z")
+        self.assertEqual(out[A_ADDR][2], out[A_ADDR][0])  # logoff echoes the same token
+        self.assertIsNone(alice.token)
+        self.assertRegex(out[A_ADDR][1], r"\Aserver->alice#<.{6}><\d{10}>Success: hi bob\Z")
+        self.assertRegex(out[B_ADDR][1], r"\Aalice->bob#<.{6}><\d{10}>hi bob\Z")
+        self.assertIs(the_hub.state("bob"), SessionState.ONLINE)     # receipt arrived
+        self.assertIs(the_hub.state("alice"), SessionState.OFFLINE)  # logged off
+
+
+if __name__ == "__main__":
+    unittest.main()
