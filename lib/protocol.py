@@ -143,7 +143,13 @@ def render_chat(body):
     return f"<<<{msg['from']}->{msg['to']}: {msg['message']}>>>"
 
 
-def chat_body(sender, message, to=None, group=None):
-    """The broker message body for a personal (`to`) or group message."""
-    return json.dumps({"from": sender, "to": to, "group": group, "message": message},
-                      ensure_ascii=False)
+def chat_body(sender, message, to=None, group=None, recipients=()):
+    """The broker message body for a personal (`to`) or group message.
+    `recipients` are the users online when it was sent: a client prints the
+    message once for each of them logged in there, and for nobody else."""
+    return json.dumps({"from": sender, "to": to, "group": group, "message": message,
+                       "recipients": list(recipients)}, ensure_ascii=False)
+
+
+def chat_recipients(body):
+    return json.loads(body).get("recipients") or []

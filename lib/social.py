@@ -272,7 +272,7 @@ def _send(state, me, args, ctx):
         return Outcome(fail(f"{friend} is not your friend"))
     if target.session is None:
         return Outcome(fail(f"{friend} is not online"))
-    body = protocol.chat_body(me, message, to=friend)
+    body = protocol.chat_body(me, message, to=friend, recipients=[friend])
     return Outcome(ok(), effect=("publish", target.session.queue, body, True))
 
 
@@ -307,7 +307,8 @@ def _send_group(state, me, args, ctx):
         return Outcome(fail("No such group exist"))
     if me not in group.members:
         return Outcome(fail(f"You are not the member of {group.name}"))
-    body = protocol.chat_body(me, " ".join(args[1:]), group=group.name)
+    online = [m for m in group.members if state.users[m].session]
+    body = protocol.chat_body(me, " ".join(args[1:]), group=group.name, recipients=online)
     # Topics are not durable in ActiveMQ, so persistence would buy nothing.
     return Outcome(ok(), effect=("publish", group.topic, body, False))
 

@@ -116,6 +116,7 @@ class TcpClient:
     printed as they arrive."""
 
     REPLY_TIMEOUT = 30.0
+    DRAIN = 0.5                   # seconds a logged-out user's subscriptions stay
     LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
 
     def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0):
@@ -134,6 +135,10 @@ class TcpClient:
         self._timer = None
         self.broker = None
         self.subs = {}            # destination -> set of local users subscribed
+        self._stopping = False
+        self._dropping = set()    # (user, destination) pairs being drained
+        self._unconfirmed = 0     # subscriptions the broker has not confirmed yet
+        self._sub_timer = None
         self.exit_code = 0
 
     # -- output ------------------------------------------------------------------------
@@ -250,7 +255,7 @@ class TcpClient:
         lines, add, drop = self.core.on_reply(step, reply)
         self.emit(lines)
         self._resubscribe(add, drop, reply.get("broker"))
-        self._next()
+        self._next_when_subscribed()
 
     def _on_closed(self, conn):
         if self.conns.get(conn.address) is conn:
@@ -304,7 +309,7 @@ class TcpClient:
             return
         self.emit(lines)                  # e.g. Not login yet: the user must log in again
         self._resubscribe(add, drop, None)
-        self._next()
+        self._next_when_subscribed()
 
     def _timed_out(self, conn):
         self.emit(["Error: no reply from server"])
@@ -312,11 +317,31 @@ class TcpClient:
 
     # -- broker ------------------------------------------------------------------------
     def _resubscribe(self, add, drop, broker_address):
-        if not add and not drop:
+        """Messages sent while a user was online may still be in flight when
+        the logout reply arrives (broker dispatch is slower than our request
+        loop): drops take effect after DRAIN seconds, unless re-added."""
+        for pair in add:
+            self._dropping.discard(pair)
+        if drop:
+            self._dropping.update(drop)
+            self.reactor.call_later(self.DRAIN, self._drop, drop)
+        if not add:
             return
-        if self.broker is None and add:
+        if self.broker is None:
             self._start_broker(broker_address)
-        for user, dest in drop:
+        for user, dest in add:
+            users = self.subs.setdefault(dest, set())
+            if not users and self.broker:
+                self._unconfirmed += 1
+                self.broker.subscribe(dest, done=self._subscribed)
+            users.add(user)
+
+    def _drop(self, drop):
+        for pair in drop:
+            if pair not in self._dropping:
+                continue      # logged in again meanwhile
+            self._dropping.discard(pair)
+            user, dest = pair
             users = self.subs.get(dest)
             if users is not None:
                 users.discard(user)
@@ -324,11 +349,30 @@ class TcpClient:
                     del self.subs[dest]
                     if self.broker:
                         self.broker.unsubscribe(dest)
-        for user, dest in add:
-            users = self.subs.setdefault(dest, set())
-            if not users and self.broker:
-                self.broker.subscribe(dest)
-            users.add(user)
+
+    def _subscribed(self, ok, error):
+        self._unconfirmed = max(0, self._unconfirmed - 1)
+        if not ok:
+            log.warning("subscription failed: %s", error)
+        if self._unconfirmed == 0 and self._sub_timer:
+            self._sub_timer.cancel()
+            self._sub_timer = None
+            self._next()
+
+    def _next_when_subscribed(self):
+        """Topics are not durable: the next command (say, a send-group) waits
+        until the broker has confirmed our new subscriptions, or 2 s."""
+        if self._unconfirmed == 0:
+            self._next()
+            return
+
+        def give_up():
+            self._sub_timer = None
+            self._unconfirmed = 0
+            log.warning("broker did not confirm subscriptions; going on")
+            self._next()
+
+        self._sub_timer = self.reactor.call_later(2.0, give_up)
 
     def _start_broker(self, address):
         try:
@@ -342,18 +386,20 @@ class TcpClient:
     def _chat(self, destination, body, headers):
         try:
             line = protocol.render_chat(body)
+            recipients = set(protocol.chat_recipients(body))
         except (ValueError, KeyError, TypeError):
             return
-        # once per logged-in recipient on this client
-        self.emit([line] * len(self.subs.get(destination, ())))
+        # once per recipient (online when it was sent) subscribed on this client
+        local = self.subs.get(destination, ())
+        self.emit([line] * sum(1 for user in local if user in recipients))
 
     def _finish(self):
-        if self.subs and self.linger > 0:
-            # let in-flight chat messages arrive before we go
-            self.reactor.call_later(self.linger, self.reactor.stop)
-            self.linger = 0
-        elif not self.subs or self.linger == 0:
+        if not self.subs or self.linger <= 0:
             self.reactor.stop()
+        elif not self._stopping:
+            # let in-flight chat messages (and drains) arrive before we go
+            self._stopping = True
+            self.reactor.call_later(self.linger, self.reactor.stop)
 
 
 def main(argv):

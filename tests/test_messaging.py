@@ -1,0 +1,173 @@
+"""send and send-group end to end through the real ActiveMQ broker, with
+separate client processes, guessing subscribers, and broker restarts."""
+import os
+import queue
+import subprocess
+import threading
+import time
+import unittest
+
+import stomp
+
+from tests.support import PYTHON, ROOT, LoginServer, broker_up, wait_for
+
+ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
+
+
+class Client:
+    """A ./client process driven line by line; chat lines kept apart."""
+
+    def __init__(self, port):
+        self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        self.replies, self.chat = queue.Queue(), []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode().rstrip("\n")
+            (self.chat.append if line.startswith("<<<") else self.replies.put)(line)
+
+    def say(self, line, timeout=30):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.replies.get(timeout=timeout)
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+def sorted_chat(client, count, timeout=10):
+    wait_for(lambda: len(client.chat) >= count, timeout=timeout)
+    time.sleep(0.3)   # nothing more may arrive
+    return sorted(client.chat)
+
+
+@unittest.skipUnless(os.path.exists(ACTIVEMQ), "no broker setup script")
+class MessagingTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        subprocess.run([ACTIVEMQ, "ensure"], check=True, stdout=subprocess.DEVNULL)
+
+    def setUp(self):
+        self.server = LoginServer().start()
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            c.close()
+        self.server.cleanup()
+
+    def client(self):
+        c = Client(self.server.port)
+        self.clients.append(c)
+        return c
+
+    def befriend(self, c, a, b):
+        self.assertEqual(c.say(f"invite {a} {b}"), "Success!")
+
+    def test_each_line_reaches_exactly_its_recipients(self):
+        one, two = self.client(), self.client()
+        for u in ("alice", "bob", "carol", "dave"):
+            one.say(f"register {u} pw")
+        for c, users in ((one, ("alice", "carol")), (two, ("bob", "dave"))):
+            for u in users:
+                self.assertEqual(c.say(f"login {u} pw"), "Success!")
+        for a, b, ca, cb in (("alice", "bob", one, two), ("alice", "carol", one, one),
+                             ("dave", "bob", two, two)):
+            self.assertEqual(ca.say(f"invite {a} {b}"), "Success!")
+            self.assertEqual(cb.say(f"accept-invite {b} {a}"), "Success!")
+        self.assertEqual(one.say("create-group alice club"), "Success!")
+        self.assertEqual(two.say("join-group bob club"), "Success!")
+        self.assertEqual(one.say("join-group carol club"), "Success!")
+        self.assertEqual(one.say("send alice bob hi bob"), "Success!")
+        self.assertEqual(two.say("send bob alice hi  alice"), "Success!")
+        self.assertEqual(one.say("send carol alice same client"), "Success!")
+        self.assertEqual(two.say("send dave bob from dave"), "Success!")
+        self.assertEqual(two.say("send-group bob club hello club"), "Success!")
+        self.assertEqual(two.say("send-group dave club nope"), "You are not the member of club")
+        self.assertEqual(sorted_chat(one, 4), sorted([
+            "<<<bob->alice: hi alice>>>", "<<<carol->alice: same client>>>",
+            "<<<bob->GROUP<club>: hello club>>>", "<<<bob->GROUP<club>: hello club>>>"]))
+        self.assertEqual(sorted_chat(two, 3), sorted([
+            "<<<alice->bob: hi bob>>>", "<<<dave->bob: from dave>>>",
+            "<<<bob->GROUP<club>: hello club>>>"]))
+        # after logout nothing more reaches bob's client for bob
+        self.assertEqual(two.say("logout bob"), "Bye!")
+        self.assertEqual(one.say("send alice bob later"), "bob is not online")
+        self.assertEqual(one.say("send-group alice club after"), "Success!")
+        time.sleep(1)
+        self.assertEqual(len(two.chat), 3)
+
+    def test_guessable_destinations_receive_nothing(self):
+        got = []
+
+        class Spy(stomp.ConnectionListener):
+            def on_message(self, frame):
+                got.append(frame.body)
+
+        spy = stomp.Connection12([("127.0.0.1", 61613)])
+        spy.set_listener("spy", Spy())
+        spy.connect(wait=True)
+        for i, dest in enumerate(("/queue/bob", "/topic/club", "/queue/alice", "/topic/bob")):
+            spy.subscribe(dest, id=str(i), ack="auto")
+        try:
+            one = self.client()
+            for u in ("alice", "bob"):
+                one.say(f"register {u} pw")
+                one.say(f"login {u} pw")
+            self.befriend(one, "alice", "bob")
+            one.say("accept-invite bob alice")
+            one.say("create-group alice club")
+            self.assertEqual(one.say("send alice bob secret"), "Success!")
+            self.assertEqual(one.say("send-group alice club secret"), "Success!")
+            self.assertEqual(sorted_chat(one, 2), ["<<<alice->GROUP<club>: secret>>>",
+                                                   "<<<alice->bob: secret>>>"])
+            self.assertEqual(got, [])
+        finally:
+            spy.disconnect()
+
+    def test_broker_restart_between_two_sends_and_persistence(self):
+        one, two = self.client(), self.client()
+        for u in ("ann", "ben"):
+            one.say(f"register {u} pw")
+        one.say("login ann pw")
+        two.say("login ben pw")
+        self.befriend(one, "ann", "ben")
+        two.say("accept-invite ben ann")
+        self.assertEqual(one.say("send ann ben before"), "Success!")
+        self.assertEqual(sorted_chat(two, 1), ["<<<ann->ben: before>>>"])
+        # broker down: a clear failure, nothing crashes
+        subprocess.run([ACTIVEMQ, "stop"], check=True, stdout=subprocess.DEVNULL)
+        try:
+            self.assertEqual(one.say("send ann ben while down"), "Message service unavailable, try again later")
+            self.assertEqual(one.say("list-friend ann"), "ben")   # the rest still works
+        finally:
+            subprocess.run([ACTIVEMQ, "start"], check=True, stdout=subprocess.DEVNULL)
+        # app servers and clients reconnect by themselves
+        deadline = time.monotonic() + 20
+        while True:
+            reply = one.say("send ann ben after")
+            if reply == "Success!" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(reply, "Success!")
+        self.assertIn("<<<ann->ben: after>>>", sorted_chat(two, 2))
+        # a persistent message nobody has consumed survives a broker restart:
+        # ben's client exits (ben stays logged in on the server), ann sends
+        two.close()
+        self.clients.remove(two)
+        self.assertEqual(one.say("send ann ben kept"), "Success!")
+        subprocess.run([ACTIVEMQ, "restart"], check=True, stdout=subprocess.DEVNULL)
+        three = self.client()
+        self.assertEqual(three.say("login ben pw"), "Success!")     # same session, same queue
+        self.assertEqual(sorted_chat(three, 1, timeout=20), ["<<<ann->ben: kept>>>"])
+
+
+if __name__ == "__main__":
+    unittest.main()
