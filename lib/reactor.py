@@ -252,6 +252,7 @@ class LineConnection:
         self.closed = False
         self.paused = False
         self.eof = False
+        self._delivering = False
         self._close_when_flushed = False
         self._quiet_timer = None
         self._idle_timer = None
@@ -273,6 +274,8 @@ class LineConnection:
         self.paused = False
         if not self.eof:
             self.reactor.add_reader(self.sock, self._on_readable)
+        if self._delivering:
+            return  # resumed from inside on_line: the running _deliver loop goes on
         self._deliver()
         if self.eof:
             self._finish_if_eof()
@@ -307,6 +310,13 @@ class LineConnection:
             self._arm_quiet()
 
     def _deliver(self):
+        self._delivering = True
+        try:
+            self._deliver_lines()
+        finally:
+            self._delivering = False
+
+    def _deliver_lines(self):
         while not self.paused and not self.closed:
             nl = self.inbuf.find(b"\n")
             if nl < 0:
@@ -327,8 +337,9 @@ class LineConnection:
 
     def _overflow(self, resync=True):
         # Drop the over-long line; keep the connection usable after its newline.
-        self.inbuf.clear()
-        self._discarding = resync
+        if resync:  # the line's end has not arrived yet: skip up to it
+            self.inbuf.clear()
+            self._discarding = True
         if self.on_overflow:
             self.on_overflow(self)
 
