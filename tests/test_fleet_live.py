@@ -108,16 +108,47 @@ class FleetTest(unittest.TestCase):
             client.wait(10)
             client.stdout.close()
 
-    def test_sigterm_stops_every_app_server(self):
-        server = LoginServer("--spare", "2").start()
-        try:
-            self.assertTrue(wait_for(lambda: len(server.app_pids()) == 2, timeout=10))
-            pids = server.app_pids()
-            server.stop(signal.SIGTERM)
-            self.assertEqual(server.proc.returncode, 0)
-            self.assertTrue(wait_for(lambda: not any(alive(p) for p in pids), timeout=5))
-        finally:
-            server.cleanup()
+    def test_sigterm_and_sigint_stop_every_app_server(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            server = LoginServer("--spare", "2").start()
+            try:
+                self.assertTrue(wait_for(lambda: len(server.app_pids()) == 2, timeout=10))
+                pids = server.app_pids()
+                server.stop(sig)
+                self.assertEqual(server.proc.returncode, 0)
+                self.assertTrue(wait_for(lambda: not any(alive(p) for p in pids), timeout=5))
+            finally:
+                server.cleanup()
+
+    def test_a_login_waiting_for_a_launch_blocks_nobody(self):
+        with LoginServer() as server:
+            register_all(server.port, ["w1"])
+            waiting, other = Conn(server.port), Conn(server.port)
+            waiting.send_raw(b"login w1 pw-w1\n")       # needs a new app server
+            start = time.monotonic()
+            self.assertEqual(other.request("list-group"), {"status": 1, "message": "Not login yet"})
+            answered_other = time.monotonic() - start
+            self.assertEqual(waiting.read_reply()["status"], 0)
+            answered_login = time.monotonic() - start
+            self.assertLess(answered_other, answered_login)
+            waiting.close()
+            other.close()
+
+    def test_password_hashing_does_not_stall_the_loop(self):
+        with LoginServer() as server:
+            conns = [Conn(server.port) for _ in range(20)]
+            for i, c in enumerate(conns):
+                c.send_raw(f"register h{i} pw\n".encode())   # 20 x ~50 ms of scrypt
+            probe = Conn(server.port)
+            start = time.monotonic()
+            self.assertEqual(probe.request("list-group"), {"status": 1, "message": "Not login yet"})
+            probe_time = time.monotonic() - start
+            for c in conns:
+                self.assertEqual(c.read_reply()["status"], 0)
+            all_time = time.monotonic() - start
+            self.assertLess(probe_time, all_time / 2)
+            for c in conns + [probe]:
+                c.close()
 
     def test_kill_9_of_the_login_server_leaves_nothing_running(self):
         server = LoginServer("--spare", "2").start()
