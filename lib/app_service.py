@@ -12,7 +12,8 @@ import logging
 
 from . import applink, protocol
 from .protocol import fail
-from .reactor import LineConnection, Listener
+from .reactor import LineConnection
+from .request_server import RequestServer
 
 log = logging.getLogger("app")
 
@@ -30,11 +31,10 @@ class AppService:
         self.ready = False
         self.pending = {}                 # request id -> client connection
         self._ids = itertools.count(1)
-        self.clients = set()
 
     def listen(self, host, port):
-        self.listener = Listener(self.reactor, host, port, self._accept_client)
-        return self.listener.address
+        self.front = RequestServer(self.reactor, host, port, self._client_request, self.conn_idle)
+        return self.front.address
 
     def attach(self, sock, secret, advertise_host, port):
         """Use `sock` (connected to the login server's internal port) as the link."""
@@ -51,22 +51,7 @@ class AppService:
         self.reactor.call_later(applink.HEARTBEAT, self._heartbeat)
 
     # -- clients ---------------------------------------------------------------------
-    def _accept_client(self, sock, addr):
-        conn = LineConnection(self.reactor, sock, self._client_line, on_close=self.clients.discard,
-                              on_overflow=self._bad_request, idle_timeout=self.conn_idle, peer=addr)
-        self.clients.add(conn)
-
-    def _bad_request(self, conn):
-        conn.send(protocol.encode(fail(protocol.BAD_REQUEST)))
-
-    def _client_line(self, conn, raw):
-        try:
-            request = protocol.decode_line(raw)
-        except ValueError:
-            self._bad_request(conn)
-            return
-        if request is None:
-            return
+    def _client_request(self, conn, request):
         if not self.ready:
             conn.send(protocol.encode(fail(UNAVAILABLE)))
             return

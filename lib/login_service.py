@@ -18,6 +18,7 @@ import os
 from . import applink, passwords, protocol, social
 from .protocol import Server, fail
 from .reactor import LineConnection, Listener
+from .request_server import RequestServer
 
 log = logging.getLogger("login")
 
@@ -37,44 +38,25 @@ class LoginService:
         self._pw_cache = {}             # user -> (stored, keyed digest of the verified password)
         self._pw_key = os.urandom(32)
         self._pending_register = set()  # names being hashed right now
-        self.clients = set()
         self.links = set()
-        self.counters = {"requests": 0, "bad": 0}
 
     @property
     def state(self):
         return self.store.state
 
     def listen(self, host, port, internal_host, internal_port):
-        self.client_listener = Listener(self.reactor, host, port, self._accept_client)
+        self.front = RequestServer(self.reactor, host, port, self._client_request, self.conn_idle)
         self.internal_listener = Listener(self.reactor, internal_host, internal_port, self._accept_link)
-        return self.client_listener.address, self.internal_listener.address
+        return self.front.address, self.internal_listener.address
 
     def close(self):
-        for conn in list(self.clients) + list(self.links):
+        for conn in list(self.links):
             conn.close()
-        self.client_listener.close()
+        self.front.close()
         self.internal_listener.close()
 
-    # -- client connections -------------------------------------------------------
-    def _accept_client(self, sock, addr):
-        conn = LineConnection(self.reactor, sock, self._client_line, on_close=self.clients.discard,
-                              on_overflow=self._bad_request, idle_timeout=self.conn_idle, peer=addr)
-        self.clients.add(conn)
-
-    def _bad_request(self, conn):
-        self.counters["bad"] += 1
-        conn.send(protocol.encode(fail(protocol.BAD_REQUEST)))
-
-    def _client_line(self, conn, raw):
-        try:
-            request = protocol.decode_line(raw)
-        except ValueError:
-            self._bad_request(conn)
-            return
-        if request is None:
-            return
-        self.counters["requests"] += 1
+    # -- client requests ----------------------------------------------------------
+    def _client_request(self, conn, request):
         special = self.CLIENT_SPECIAL.get(request.name)
         if special:
             special(self, conn, request)
@@ -248,7 +230,6 @@ class LoginService:
         elif request.command is not None and not request.command.token:
             reply, publish = fail(f"Send {request.name} to the login server"), None
         else:
-            self.counters["requests"] += 1
             outcome = social.handle(self.state, request, self.ctx, Server.APP)
             self.store.record(outcome.mutations)
             reply = outcome.reply

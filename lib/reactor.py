@@ -17,7 +17,6 @@ import os
 import selectors
 import signal
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -472,3 +471,78 @@ def connect(host, port, timeout=5.0):
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+class TimerTable:
+    """Timers by key, for state machines' timeouts: setting a key again
+    replaces its timer; `on_fire(key)` runs when one expires."""
+
+    def __init__(self, reactor, on_fire):
+        self.reactor, self.on_fire = reactor, on_fire
+        self.timers = {}
+
+    def set(self, key, delay):
+        self.cancel(key)
+        self.timers[key] = self.reactor.call_later(delay, self._fire, key)
+
+    def cancel(self, key):
+        timer = self.timers.pop(key, None)
+        if timer:
+            timer.cancel()
+
+    def _fire(self, key):
+        self.timers.pop(key, None)
+        self.on_fire(key)
+
+
+class LineReader:
+    """Text lines from a file descriptor such as stdin: `on_line(str)` for
+    each line (a last one without newline counts), then `on_eof()`.
+
+    A pipe or terminal is watched by the selector; a regular file (or
+    /dev/null), which epoll cannot watch and which is always readable, is
+    read a chunk per turn so the loop still runs timers and sockets."""
+
+    def __init__(self, reactor, fd, on_line, on_eof):
+        self.reactor, self.fd, self.on_line, self.on_eof = reactor, fd, on_line, on_eof
+        self.buf = b""
+        try:
+            import stat
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = True   # no stdin at all: read() reports EOF
+        if not regular:
+            try:
+                reactor.add_reader(fd, self._on_readable)
+                return
+            except (OSError, ValueError):
+                pass
+        reactor.call_soon(self._read_chunk)
+
+    def _read_chunk(self):
+        if self._read():
+            self.reactor.call_soon(self._read_chunk)
+
+    def _on_readable(self):
+        if not self._read():
+            self.reactor.remove_reader(self.fd)
+
+    def _read(self):
+        """Deliver complete lines; False at end of input."""
+        try:
+            data = os.read(self.fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self.buf += data
+            *lines, self.buf = self.buf.split(b"\n")
+            for line in lines:
+                self.on_line(line.decode("utf-8", "replace").rstrip("\r"))
+            return True
+        if self.buf:
+            line, self.buf = self.buf, b""
+            self.on_line(line.decode("utf-8", "replace").rstrip("\r"))
+        self.on_eof()
+        return False

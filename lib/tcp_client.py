@@ -8,15 +8,13 @@ broker link (whose receiver thread only wakes the reactor up).
 """
 import json
 import logging
-import os
 import socket
-import stat
 import sys
 from dataclasses import dataclass, field
 
 from . import applink, protocol
 from .protocol import COMMANDS, Server
-from .reactor import LineConnection, Reactor
+from .reactor import LineConnection, LineReader, Reactor
 
 log = logging.getLogger("client")
 
@@ -127,7 +125,6 @@ class TcpClient:
         self.linger = linger
         self.stdin_fd = stdin_fd
         self.lines = []
-        self._partial = b""
         self.eof = False
         self.conns = {}           # (host, port) -> LineConnection
         self.step = None          # the request in flight
@@ -149,10 +146,7 @@ class TcpClient:
 
     # -- input -------------------------------------------------------------------------
     def run(self):
-        if stat.S_ISREG(os.fstat(self.stdin_fd).st_mode):
-            self.reactor.call_soon(self._read_file)   # epoll cannot watch regular files
-        else:
-            self.reactor.add_reader(self.stdin_fd, self._read_stdin)
+        LineReader(self.reactor, self.stdin_fd, self._typed, self._end_of_input)
         self.reactor.run()
         for conn in list(self.conns.values()):
             conn.close()
@@ -160,32 +154,13 @@ class TcpClient:
             self.broker.close()
         return self.exit_code
 
-    def _read_file(self):
-        while True:
-            data = os.read(self.stdin_fd, 1 << 20)
-            if not data:
-                break
-            self._feed(data)
-        self._feed(b"", eof=True)
+    def _typed(self, line):
+        if not self.eof:          # nothing after `exit` counts
+            self.lines.append(line)
+            self._next()
 
-    def _read_stdin(self):
-        try:
-            data = os.read(self.stdin_fd, 65536)
-        except BlockingIOError:
-            return
-        if not data:
-            self.reactor.remove_reader(self.stdin_fd)
-        self._feed(data, eof=not data)
-
-    def _feed(self, data, eof=False):
-        chunks = (self._partial + data).split(b"\n")
-        self._partial = chunks.pop()
-        if eof:
-            self.eof = True
-            if self._partial:
-                chunks.append(self._partial)
-                self._partial = b""
-        self.lines.extend(c.decode("utf-8", "replace").rstrip("\r") for c in chunks)
+    def _end_of_input(self):
+        self.eof = True
         self._next()
 
     # -- requests ----------------------------------------------------------------------

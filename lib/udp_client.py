@@ -9,16 +9,14 @@ import argparse
 import collections
 import enum
 import logging
-import os
 import signal
 import socket
-import stat
 import sys
 from dataclasses import dataclass
 
 from lib import hub
 from lib.hub import SERVER, CancelTimer, Send, SetTimer
-from lib.reactor import Reactor
+from lib.reactor import LineReader, Reactor, TimerTable
 
 log = logging.getLogger("udp_client")
 
@@ -257,54 +255,16 @@ class _Driver:
 
     def __init__(self, reactor, sock, client):
         self.reactor, self.sock, self.client = reactor, sock, client
-        self.timers = {}
-        self.inbuf = b""
+        self.timers = TimerTable(reactor, self._fire)
         self.status = 0
         reactor.add_reader(sock, self._on_datagram)
-        self._start_stdin()
+        LineReader(reactor, 0, self._typed, self._end_of_input)
 
-    def _start_stdin(self):
-        try:
-            regular = stat.S_ISREG(os.fstat(0).st_mode)
-        except OSError:
-            regular = True  # no stdin at all: read() will report EOF
-        if not regular:
-            try:
-                self.reactor.add_reader(0, self._on_stdin)
-                return
-            except (PermissionError, OSError, ValueError):
-                pass
-        # epoll cannot watch a regular file (or /dev/null); it is always
-        # readable anyway, so read it a chunk per turn.
-        self.reactor.call_soon(self._read_file_chunk)
+    def _typed(self, line):
+        self._apply(self.client.typed(line))
 
-    def _read_file_chunk(self):
-        if self._read_stdin():
-            self.reactor.call_soon(self._read_file_chunk)
-
-    def _on_stdin(self):
-        if not self._read_stdin():
-            self.reactor.remove_reader(0)
-
-    def _read_stdin(self):
-        """Feed complete lines to the client; False at end of input."""
-        try:
-            data = os.read(0, 65536)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            data = b""
-        if data:
-            self.inbuf += data
-            *lines, self.inbuf = self.inbuf.split(b"\n")
-            for line in lines:
-                self._apply(self.client.typed(line.decode("utf-8", "replace")))
-            return True
-        if self.inbuf:  # a last line without newline still counts
-            line, self.inbuf = self.inbuf, b""
-            self._apply(self.client.typed(line.decode("utf-8", "replace")))
+    def _end_of_input(self):
         self._apply(self.client.end_of_input())
-        return False
 
     def _on_datagram(self):
         for _ in range(64):
@@ -317,7 +277,6 @@ class _Driver:
             self._apply(self.client.received(data))
 
     def _fire(self, key):
-        self.timers.pop(key, None)
         self._apply(self.client.timer(key))
 
     def _apply(self, actions):
@@ -341,13 +300,10 @@ class _Driver:
             self.reactor.stop()
 
     def _set_timer(self, action):
-        self._cancel_timer(action)
-        self.timers[action.key] = self.reactor.call_later(action.delay, self._fire, action.key)
+        self.timers.set(action.key, action.delay)
 
     def _cancel_timer(self, action):
-        timer = self.timers.pop(action.key, None)
-        if timer:
-            timer.cancel()
+        self.timers.cancel(action.key)
 
 
 _DO = {Send: _Driver._send, Print: _Driver._print,

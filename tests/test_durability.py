@@ -1,7 +1,6 @@
 """Nothing acknowledged is lost: kill -9 at any moment, torn journal tails,
 restarts keep every account, friendship, invitation, post and group."""
 import os
-import socket
 import subprocess
 import threading
 import unittest

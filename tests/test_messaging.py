@@ -9,7 +9,7 @@ import unittest
 
 import stomp
 
-from tests.support import PYTHON, ROOT, LoginServer, broker_up, wait_for
+from tests.support import PYTHON, ROOT, LoginServer, wait_for
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
 

@@ -1,0 +1,94 @@
+"""The UDP hub's I/O driver: carries out a `lib.hub.Hub`'s actions on one UDP
+socket, the reactor's timers and the worker pool (scrypt), and re-reads the
+accounts file when it changes. All protocol logic is in lib/hub.py."""
+import logging
+import os
+import socket
+import time
+
+from . import hub, passwords
+from .reactor import TimerTable
+
+log = logging.getLogger("udp_hub")
+DEFAULT_USERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "users.txt")
+WATCH_INTERVAL = 1.0  # seconds between checks of the accounts file
+
+
+class HubServer:
+    """Carries out a Hub's actions on one UDP socket and the reactor's timers."""
+
+    def __init__(self, reactor, host, port, users_path, expiry):
+        self.reactor, self.users_path = reactor, users_path
+        self.hub = hub.Hub(expiry=expiry)
+        self.timers = TimerTable(reactor, self._fire)
+        self._users_sig = None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        self._watch_users()
+        reactor.add_reader(self.sock, self._on_readable)
+
+    def _on_readable(self):
+        for _ in range(64):  # bounded so timers still run under a flood
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("recvfrom: %s", e)
+                continue
+            self._apply(self.hub.datagram(data, addr[:2], time.monotonic()))
+
+    def _apply(self, actions):
+        for action in actions:
+            _DO[type(action)](self, action)
+
+    def _send(self, action):
+        try:
+            self.sock.sendto(action.text.encode("utf-8"), action.addr)
+        except OSError as e:  # full buffer or bad address: UDP may lose it anyway
+            log.info("sendto %s: %s", action.addr, e)
+
+    def _set_timer(self, action):
+        self.timers.set(action.key, action.delay)
+
+    def _cancel_timer(self, action):
+        self.timers.cancel(action.key)
+
+    def _fire(self, key):
+        self._apply(self.hub.timer(key, time.monotonic()))
+
+    def _verify(self, action):
+        # scrypt takes ~50 ms: off the loop, so other clients are not stalled.
+        def done(ok, error):
+            if error:
+                log.warning("password check failed: %s", error)
+            self._apply(self.hub.verified(action.ticket, bool(ok) and not error, time.monotonic()))
+        self.reactor.run_in_thread(passwords.verify, action.stored, action.password, done=done)
+
+    def _watch_users(self):
+        """Reload the accounts when the file's mtime/size/inode change."""
+        try:
+            st = os.stat(self.users_path)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if sig != self._users_sig:
+                with open(self.users_path, encoding="utf-8", errors="replace") as f:
+                    accounts = passwords.parse_accounts(f.read())
+                self.hub.set_accounts(accounts)
+                self._users_sig = sig
+                log.info("loaded %d accounts from %s", len(accounts), self.users_path)
+        except OSError as e:
+            if self._users_sig != "missing":
+                log.warning("cannot read accounts (%s); keeping %d", e, len(self.hub.accounts))
+                self._users_sig = "missing"
+        self.reactor.call_later(WATCH_INTERVAL, self._watch_users)
+
+    def close(self):
+        self.reactor.forget(self.sock)
+        self.sock.close()
+
+
+_DO = {hub.Send: HubServer._send, hub.SetTimer: HubServer._set_timer,
+       hub.CancelTimer: HubServer._cancel_timer, hub.Verify: HubServer._verify}
