@@ -3,7 +3,7 @@
 Bring your own I/O (like h11): nothing here touches a socket or a clock.
 `Hub.datagram(data, addr, now)`, `Hub.verified(ticket, ok, now)` and
 `Hub.timer(key, now)` return a list of actions -- `Send`, `SetTimer`,
-`CancelTimer`, `Verify` -- that a driver (udp_hub.py) carries out. The exact
+`CancelTimer`, `Verify` -- that a driver (lib/hub_server.py) carries out. The exact
 datagram strings are fixed by shared/spec/UDP-HUB.md; docs/udp-hub.md
 explains the states and timers.
 """
