@@ -45,6 +45,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .. import applink
+
 log = logging.getLogger("launcher.ec2")
 
 TAG_CLUSTER = "np-social:cluster"
@@ -156,13 +158,10 @@ def instance_broker(broker, advertise):
     means "the login server's machine", i.e. the advertised address."""
     if not broker:
         return None
-    host, sep, port = broker.rpartition(":")
-    if not sep:
-        host, port = broker, "61613"
-    host = host.strip("[]")
+    host, port = applink.parse_address(broker, default_port=61613)
     if _is_unspecified(host) and not _is_unspecified(advertise):
         host = advertise
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return applink.format_address(host, port)
 
 
 def make(args, reactor, internal_address):
