@@ -7,7 +7,10 @@
 #   stop     SIGTERM the broker's java process and wait for it to exit
 #   restart  stop + start
 #   status   print running/stopped; exit 0/1
-# Environment: NP_BROKER_PORT (default 61613) is the STOMP port. There is one
+# Environment: NP_BROKER_BIND (default 127.0.0.1) is the address STOMP listens
+# on (0.0.0.0 for the EC2 demo, where app servers run on other hosts; then
+# restrict the port with the security group). NP_BROKER_PORT (default 61613)
+# is the STOMP port. There is one
 # broker per machine: `ensure` with another port rewrites its configuration
 # and restarts it on the new port.
 # Pitfalls handled here are measured in ../../shared/infra/README.md: the
@@ -17,6 +20,7 @@
 set -euo pipefail
 
 PORT=${NP_BROKER_PORT:-61613}
+BIND=${NP_BROKER_BIND:-127.0.0.1}
 INSTANCE=main
 AVAIL=/etc/activemq/instances-available/$INSTANCE
 ENABLED=/etc/activemq/instances-enabled/$INSTANCE
@@ -115,7 +119,7 @@ configure() {
         <!-- Loopback only: nothing here is meant to be reachable from outside. -->
         <transportConnectors>
             <transportConnector name="openwire" uri="tcp://127.0.0.1:61616"/>
-            <transportConnector name="stomp" uri="stomp://127.0.0.1:$PORT"/>
+            <transportConnector name="stomp" uri="stomp://$BIND:$PORT"/>
         </transportConnectors>
     </broker>
 </beans>

@@ -9,7 +9,7 @@ What it does (docs/ec2.md has the whole walk-through):
      through a presigned URL (valid 1 h), so the builder needs no IAM role;
   2. launches a builder instance from the newest official Debian 12 image
      (owner 136693071363; or --base-ami) whose user-data installs python3,
-     venv, curl, socat, unpacks the project into /opt/np-social, creates its
+     venv, curl, unpacks the project into /opt/np-social, creates its
      virtual env (scripts/venv.sh) and the unprivileged user np-social, prints
      a marker on the serial console and powers off;
   3. waits for `stopped`, checks the console for the marker, `create_image`
@@ -39,7 +39,7 @@ set -euo pipefail
 trap 'echo "{fail}" | tee /dev/console; poweroff' ERR
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q --no-install-recommends python3 python3-venv curl ca-certificates socat tar gzip
+apt-get install -y -q --no-install-recommends python3 python3-venv curl ca-certificates tar gzip
 mkdir -p /opt/np-social
 curl -fsSL --retry 5 {url} | tar -xz -C /opt/np-social --strip-components=1
 cd /opt/np-social
