@@ -32,8 +32,8 @@ def free_udp_port():
 class Hub:
     """udp_hub.py with `n` plain-password accounts u0..u(n-1), and n logged-in sockets."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, root=ROOT):
+        self.n, self.root = n, root
         self.dir = tmpdir("np-bench-hub-")
         self.users = os.path.join(self.dir, "users.txt")
         with open(self.users, "w") as f:
@@ -44,7 +44,7 @@ class Hub:
     def start(self):
         self.port = free_udp_port()
         self.log = open(os.path.join(self.dir, "hub.log"), "wb")
-        self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "udp_hub.py"), HOST, str(self.port),
+        self.proc = subprocess.Popen([PYTHON, os.path.join(self.root, "udp_hub.py"), HOST, str(self.port),
                                       "--users", self.users], stdout=self.log, stderr=self.log, cwd=self.dir)
         for i in range(self.n):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

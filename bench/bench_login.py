@@ -8,7 +8,9 @@ with 1, 16, 64 and 256 concurrent persistent clients, side by side with the
 line-echo baseline fed the same request bytes. Target: token-checked >= 0.5
 of echo.
 """
-from bench.common import (CFG, HOST, Baseline, alternate, closed_loop, login_all, save,
+import time
+
+from bench.common import (CFG, HOST, Baseline, alternate, closed_loop, login_all, rss_kib, save,
                           server_pids, server_with_users, start_quiet, table, target)
 
 NAME = "login"
@@ -29,6 +31,7 @@ def run():
         names = list(users)
         tokens = [replies[n]["token"] for n in names]
         spids = server_pids(server)
+        rss_before, served = rss_kib(spids[0]), 0
         for c in levels:
             token_req = [f"list-friend {tokens[i]}\n".encode() for i in range(c)]
             login_req = [f"login {names[i]} pw-bench\n".encode() for i in range(c)]
@@ -41,6 +44,7 @@ def run():
                                               expect=b'"status": 0', cpu_pids=spids[:1])),
             ])
             base = res["echo"]["rps"]
+            served += sum(r["requests"] for what in ("token", "login") for r in res[what]["each"])
             for what in ("echo", "token", "login"):
                 r = res[what]
                 rows.append({"clients": c, "subject": {"echo": "echo baseline",
@@ -55,12 +59,21 @@ def run():
             figures.append(target(f"login server cached login / echo, {c} clients",
                                   round(res["login"]["rps"] / base, 3), 0.5, ">=",
                                   info=True))
+        # memory the login server keeps per request served (should be ~0)
+        time.sleep(0.5)
+        grown = rss_kib(spids[0]) - rss_before
+        retained = {"rss_before_kib": rss_before, "rss_after_kib": rss_before + grown, "requests": served,
+                    "bytes_per_request": round(grown * 1024 / max(1, served), 1)}
+        figures.append(target("login server memory retained per request served (bytes)",
+                              retained["bytes_per_request"], 16, "<", " B", info=True))
     finally:
         echo.stop()
         server.cleanup()
     table("1. login server vs line-echo baseline (closed loop, medians of rounds)",
           ["clients", "subject", "req/s", "x echo", "p50 ms", "p99 ms", "cpu us/req", "errors",
            "rounds req/s"], rows)
-    data = {"rows": rows, "figures": figures}
+    print(f"login server RSS {retained['rss_before_kib']} -> {retained['rss_after_kib']} KiB over "
+          f"{retained['requests']:,} requests: {retained['bytes_per_request']} bytes kept per request", flush=True)
+    data = {"rows": rows, "figures": figures, "retained": retained}
     save(NAME, data)
     return data

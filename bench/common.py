@@ -438,6 +438,7 @@ def _fmt(v):
 
 def save(name, data):
     os.makedirs(RESULTS, exist_ok=True)
+    data.setdefault("date", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     path = os.path.join(RESULTS, f"{name}.json")
     with open(path, "w") as f:
         json.dump(data, f, indent=1, default=str)

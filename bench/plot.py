@@ -26,7 +26,7 @@ def load(name):
 def render(out=OUT):
     login, app, broker = load("login"), load("app"), load("broker")
     summary = load("summary") or {}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1.45, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [1.45, 1]})
     series = []
     if login:
         series += [("echo baseline", [r for r in login["rows"] if r["key"] == "echo"], "tab:gray"),
@@ -58,15 +58,24 @@ def render(out=OUT):
         right.plot(x, [r["delivery p99 ms"] for r in rows], "s--", color="tab:green", label="send -> received (p99)")
         right.plot(x, [r["reply p50 ms"] for r in rows], "o-", color="tab:purple", label="send -> Success! (p50)")
         right.plot(x, [r["reply p99 ms"] for r in rows], "s--", color="tab:purple", label="send -> Success! (p99)")
+        raw = sorted((r for r in broker["rows"] if r["kind"] == "raw"), key=lambda r: r["rate"])
+        if raw:
+            right.plot([r["rate"] for r in raw], [r["delivery p99 ms"] for r in raw], "^:", color="black",
+                       label="baseline: ActiveMQ alone, stomp.py (p99)")
+        echo = sorted((r for r in broker["rows"] if r["kind"] == "echo"), key=lambda r: r["rate"])
+        if echo:
+            right.plot([r["rate"] for r in echo], [r["reply p99 ms"] for r in echo], "v:", color="tab:gray",
+                       label="baseline: TCP echo, same open loop (p99)")
         right.axhline(20, color="tab:red", lw=1, ls=":", label="target: p99 < 20 ms at 1,000/s")
         right.set_xscale("log")
+        right.set_yscale("log")
         right.set_xticks(x)
         right.set_xticklabels([str(v) for v in x])
         right.set_xlabel("offered load, messages/s (open loop)")
-        right.set_ylabel("latency, ms")
+        right.set_ylabel("latency, ms (log)")
         right.set_title("Broker: send through ActiveMQ")
         right.grid(True, which="both", alpha=0.3)
-        right.legend(fontsize=8, loc="upper left")
+        right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     m = summary.get("machine", {})
     fig.suptitle(f"np-social latency against load - {m.get('date', '')}, {m.get('nproc', '?')} CPUs, "
                  f"Python {m.get('python', '?')}; medians of {summary.get('config', {}).get('rounds', '?')} "

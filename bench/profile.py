@@ -5,6 +5,7 @@
     python bench/profile.py login      login server, cached `login`, 16 clients
     python bench/profile.py app        app server + login server, `list-friend`, 16 clients
     python bench/profile.py hub        udp_hub.py, 100 clients with receipts
+    python bench/profile.py send       app + login server, `send` at 1,000 msg/s (open loop)
 
 Prints, for each profiled process, the functions with the most samples
 (self = on top of the stack, total = anywhere on it) and writes the
@@ -72,6 +73,8 @@ def main(argv):
     users = {f"pu{i}": "pw" for i in range(16)}
     if scenario == "hub":
         return profile_hub()
+    if scenario == "send":
+        return profile_send()
     server = server_with_users(users, "--capacity", "100", "--idle-timeout", "600")
     try:
         start_quiet(server)
@@ -91,6 +94,37 @@ def main(argv):
         for (proc, out), pid in zip(recs, pids):
             proc.wait(30)
             report(out, f"{scenario}: {'login server' if pid == pids[0] else 'app server'} pid {pid}")
+    finally:
+        server.cleanup()
+    return 0
+
+
+def profile_send():
+    from bench import bench_broker
+    users = {"ps": "pw", "pr": "pw"}
+    server = server_with_users(users, "--capacity", "100", "--idle-timeout", "600")
+    try:
+        start_quiet(server)
+        r = login_all(server.port, users)
+        c = common.Conn(r["ps"]["app_server"])
+        c.request(f"invite {r['ps']['token']} pr")
+        c.close()
+        c = common.Conn(r["pr"]["app_server"])
+        c.request(f"accept-invite {r['pr']['token']} ps")
+        c.close()
+        sub = bench_broker.Subscriber([r["pr"]["queue"]], "prof")
+        pids = common.server_pids(server)
+        recs = [record(pid, f"send-{'login' if pid == pids[0] else 'app'}", SECONDS) for pid in pids]
+        time.sleep(0.3)
+        sched, replied, failed = bench_broker.open_loop(
+            common.addr_of(r["ps"]["app_server"]), lambda j: f"send {r['ps']['token']} pr p{j}\n".encode(),
+            1000, 1000 * (SECONDS - 1), b"Success!")
+        lat = [replied[j] - sched[j] for j in replied]
+        print("reply p50 %.1f ms p99 %.1f ms" % (1e3 * common.pct(lat, .5), 1e3 * common.pct(lat, .99)))
+        for (proc, out), pid in zip(recs, pids):
+            proc.wait(30)
+            report(out, f"send: {'login server' if pid == pids[0] else 'app server'} pid {pid}")
+        sub.close()
     finally:
         server.cleanup()
     return 0

@@ -55,6 +55,14 @@ def main(argv):
     results, figures, failed = {}, [], []
     for name in ORDER:
         if name not in names:
+            # not run now: keep the figures of its last run in the summary
+            earlier = os.path.join(common.RESULTS, f"{name}.json")
+            if os.path.exists(earlier):
+                import json
+                with open(earlier) as f:
+                    old = json.load(f)
+                figures += [dict(fig, note=(fig.get("note") or "") + f" (earlier run {old.get('date', '?')})")
+                            for fig in old.get("figures", [])]
             continue
         t0 = time.monotonic()
         try:
