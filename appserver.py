@@ -48,7 +48,11 @@ def connect_login(address, deadline=30.0):
     until = time.monotonic() + deadline
     while True:
         try:
-            return socket.create_connection(address, timeout=5.0)
+            sock = socket.create_connection(address, timeout=5.0)
+            # No Nagle: a request written right after a heartbeat (which gets
+            # no reply, so its ACK is delayed ~40 ms) must not wait for it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
         except OSError:
             if time.monotonic() > until:
                 raise

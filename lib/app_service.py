@@ -30,6 +30,7 @@ class AppService:
         self.link = None
         self.ready = False
         self.pending = {}                 # request id -> client connection
+        self._early = []                  # (conn, request) that came before the welcome
         self._ids = itertools.count(1)
 
     def listen(self, host, port):
@@ -53,8 +54,17 @@ class AppService:
     # -- clients ---------------------------------------------------------------------
     def _client_request(self, conn, request):
         if not self.ready:
-            conn.send(protocol.encode(fail(UNAVAILABLE)))
+            if self.link is None or self.link.closed:
+                conn.send(protocol.encode(fail(UNAVAILABLE)))
+                return
+            # Registered but not yet welcomed: the login server may already
+            # have sent this client here. Hold the request until the welcome.
+            conn.pause()
+            self._early.append((conn, request))
             return
+        self._relay(conn, request)
+
+    def _relay(self, conn, request):
         rid = next(self._ids)
         self.pending[rid] = conn
         conn.pause()
@@ -75,6 +85,10 @@ class AppService:
         if op == "welcome":
             self.ready = True
             log.info("%s registered with the login server", self.id)
+            early, self._early = self._early, []
+            for client, request in early:
+                if not client.closed:
+                    self._relay(client, request)
         elif op == "rejected":
             log.error("login server rejected us: %s", msg.get("reason"))
         elif op == "shutdown":
@@ -102,6 +116,9 @@ class AppService:
 
     def _link_closed(self, conn):
         self.ready = False
+        early, self._early = self._early, []
+        for client, _ in early:
+            self._answer(client, fail(UNAVAILABLE))
         for client in self.pending.values():
             self._answer(client, fail(UNAVAILABLE))
         self.pending.clear()

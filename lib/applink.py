@@ -14,8 +14,11 @@ HEARTBEAT = 1.0
 MAX_LINE = 64 * 1024 * 1024   # replies such as receive-post can be large
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # made once
+
+
 def encode(**msg):
-    return (json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    return (_ENCODE(msg) + "\n").encode("utf-8")
 
 
 def decode(raw):

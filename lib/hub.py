@@ -273,6 +273,8 @@ class Session:
 
 def _same_ip(a, b):
     """IP equality that tolerates IPv4-mapped IPv6 and spelling differences."""
+    if a == b:   # the common case, without parsing
+        return True
     try:
         a, b = ipaddress.ip_address(a), ipaddress.ip_address(b)
     except ValueError:
@@ -404,7 +406,7 @@ class Hub:
             dest.pending[dgram.msgid] = Pending(forward)
             dest.state = MESSAGE_FORWARD
             self.stats["forwarded"] += 1
-            log.info("forward %s %s->%s", dgram.msgid, sender.id, dest.id)
+            log.debug("forward %s %s->%s", dgram.msgid, sender.id, dest.id)
             actions += [Send(forward, dest.addr),
                         SetTimer(_resend_key(dest.id, dgram.msgid), RESEND_INTERVAL)]
         reply = Reply(sender.id, dgram.token, dgram.msgid, SUCCESS + dgram.body)

@@ -108,8 +108,11 @@ def listing(key, items):
     return {"status": 0, key: list(items)}
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode   # made once, not per reply
+
+
 def encode(obj):
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    return (_ENCODE(obj) + "\n").encode("utf-8")
 
 
 # -- what the client prints (PROTOCOL.md §5) --------------------------------

@@ -255,23 +255,29 @@ class LineConnection:
         self._close_when_flushed = False
         self._quiet_timer = None
         self._idle_timer = None
+        self._last_active = 0.0
         self._discarding = False
+        self._reading = True         # registered for reading with the reactor
+        self._writing = False        # registered for writing with the reactor
         sock.setblocking(False)
         reactor.add_reader(sock, self._on_readable)
         self._arm_idle()
 
     # -- input ---------------------------------------------------------------
+    PAUSED_BUFFER = 256 * 1024   # bytes read ahead while paused before we stop reading
+
     def pause(self):
+        # Only a flag: the socket stays registered (no epoll_ctl per request);
+        # reading stops when PAUSED_BUFFER bytes wait (see _on_readable).
         self.paused = True
-        if not self.closed and not self.eof:
-            self.reactor.remove_reader(self.sock)
 
     def resume(self):
         """Continue reading; lines already buffered are delivered first."""
         if self.closed or not self.paused:
             return
         self.paused = False
-        if not self.eof:
+        if not self.eof and not self._reading:
+            self._reading = True
             self.reactor.add_reader(self.sock, self._on_readable)
         if self._delivering:
             return  # resumed from inside on_line: the running _deliver loop goes on
@@ -296,6 +302,7 @@ class LineConnection:
         if not data:
             # Peer finished sending (half-close): answer what it sent, then close.
             self.eof = True
+            self._reading = False
             self.reactor.remove_reader(self.sock)
             if not self._discarding and self.inbuf and b"\n" not in self.inbuf:
                 self.inbuf += b"\n"  # a last line without newline still counts
@@ -304,6 +311,11 @@ class LineConnection:
             return
         self._arm_idle()
         self.inbuf += data
+        if self.paused:
+            if len(self.inbuf) > self.PAUSED_BUFFER:
+                self._reading = False
+                self.reactor.remove_reader(self.sock)
+            return
         self._deliver()
         if self.inbuf and not self.paused and not self.closed:
             self._arm_quiet()
@@ -358,15 +370,22 @@ class LineConnection:
         self.on_line(self, line.rstrip(b"\r"))
 
     def _arm_idle(self):
+        # One timer per connection, re-armed lazily when it fires: a busy
+        # connection costs a clock read per recv, not a Timer in the heap.
         if self.idle_timeout is None:
             return
-        if self._idle_timer:
-            self._idle_timer.cancel()
-        self._idle_timer = self.reactor.call_later(self.idle_timeout, self._idle_expired)
+        self._last_active = time.monotonic()
+        if self._idle_timer is None:
+            self._idle_timer = self.reactor.call_later(self.idle_timeout, self._idle_expired)
 
     def _idle_expired(self):
-        if self.paused:  # a request is in progress; that is not idleness
-            self._arm_idle()
+        self._idle_timer = None
+        if self.closed:
+            return
+        left = self._last_active + self.idle_timeout - time.monotonic()
+        if left > 0 or self.paused:  # active since, or a request is in progress
+            self._idle_timer = self.reactor.call_later(left if left > 0 else self.idle_timeout,
+                                                       self._idle_expired)
             return
         self.close()
 
@@ -397,9 +416,13 @@ class LineConnection:
             if len(self.outbuf) > 16 * 1024 * 1024:
                 self.close()  # a peer that never reads must not eat our memory
                 return
-            self.reactor.add_writer(self.sock, self._flush)
+            if not self._writing:
+                self._writing = True
+                self.reactor.add_writer(self.sock, self._flush)
         else:
-            self.reactor.remove_writer(self.sock)
+            if self._writing:
+                self._writing = False
+                self.reactor.remove_writer(self.sock)
             if self._close_when_flushed:
                 self.close()
 

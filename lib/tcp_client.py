@@ -116,6 +116,7 @@ class TcpClient:
     REPLY_TIMEOUT = 30.0
     DRAIN = 0.5                   # seconds a logged-out user's subscriptions stay
     LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
+    RELOCATE_DELAY, RELOCATE_TRIES = 0.25, 40   # locate naming the dead server again: retry for 10 s
 
     def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0):
         self.reactor = Reactor(workers=1)
@@ -129,6 +130,7 @@ class TcpClient:
         self.conns = {}           # (host, port) -> LineConnection
         self.step = None          # the request in flight
         self._retried = False
+        self._dead, self._relocations = None, 0   # the app server that just failed us
         self._timer = None
         self.broker = None
         self.subs = {}            # destination -> set of local users subscribed
@@ -178,6 +180,7 @@ class TcpClient:
                 return
             if step is not None:
                 self._retried = False
+                self._dead, self._relocations = None, 0
                 self._send(step)
 
     def _send(self, step):
@@ -251,6 +254,7 @@ class TcpClient:
         step, self.step = self.step, None
         if step.target != LOGIN_SERVER and not self._retried:
             self._retried = True
+            self._dead = address
             self.step = step
             self._relocate()
             return
@@ -280,6 +284,13 @@ class TcpClient:
         original = locate.retry
         lines, add, drop = self.core.on_reply(locate, reply)
         if reply.get("status") == 0 and self.core.app_of(original.target):
+            if self.core.app_of(original.target) == self._dead and self._relocations < self.RELOCATE_TRIES:
+                # The login server has not noticed the death yet (it learns
+                # of it within ms, or by the heartbeat timeout): ask again.
+                self._relocations += 1
+                self.step = original
+                self.reactor.call_later(self.RELOCATE_DELAY, self._relocate)
+                return
             self._send(original)          # silently, on the new server
             return
         self.emit(lines)                  # e.g. Not login yet: the user must log in again

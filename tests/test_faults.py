@@ -246,8 +246,6 @@ class AppServerCrashTest(unittest.TestCase):
     def test_kill_9_of_an_app_server_with_10_users(self):
         self.failover(strict=False)
 
-    @unittest.skipUnless(os.environ.get("NP_STRICT_FAILOVER"),
-                         "known races, see bench/proposed-fixes/failover-*.diff; NP_STRICT_FAILOVER=1 runs it")
     def test_kill_9_of_an_app_server_next_command_at_once(self):
         """The users' next commands come the very moment the server dies:
         before the login server has noticed (locate still names the dead
