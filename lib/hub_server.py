@@ -26,6 +26,10 @@ class HubServer:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.setblocking(False)
+        try:  # bursts from many clients must not overflow the default ~200 KiB
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
         self.address = self.sock.getsockname()[:2]
         self._watch_users()
         reactor.add_reader(self.sock, self._on_readable)
