@@ -8,7 +8,7 @@ threads), which dominates it whatever the disk does; `post` (app server +
 store, one journal line each) isolates the fsync cost.
 """
 from bench import bench_app
-from bench.common import (CFG, HOST, alternate, closed_loop, save, server_pids, start_quiet,
+from bench.common import (CFG, HOST, alternate, closed_loop, save, server_pids,
                           table, target)
 
 NAME = "durability"

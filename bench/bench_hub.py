@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 
-from bench.common import (BENCH, CFG, HOST, PYTHON, ROOT, Baseline, alternate, cpu_seconds, ms, pct,
+from bench.common import (CFG, HOST, PYTHON, ROOT, Baseline, alternate, cpu_seconds, ms, pct,
                           save, table, target, tmpdir, udp_echo_loop)
 
 NAME = "hub"

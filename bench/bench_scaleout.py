@@ -5,10 +5,9 @@ the next spare is launched behind it). `--capacity 1`, so every login needs
 a server of its own. The two servers are measured alternately, one login at
 a time, and each spare is given time to come up before the next login.
 """
-import os
 import time
 
-from bench.common import (CFG, Conn, ms, pct, save, server_with_users, start_quiet, table, target,
+from bench.common import (CFG, Conn, ms, pct, save, server_with_users, table, target,
                           wait_for)
 
 NAME = "scaleout"

@@ -1,12 +1,14 @@
 """Helpers for the live tests: real processes, real sockets on 127.0.0.1."""
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +35,7 @@ def wait_port(port, timeout=20.0, host="127.0.0.1"):
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):
+    """Poll `predicate` until it is true or `timeout` passes; its last value."""
     until = time.monotonic() + timeout
     while time.monotonic() < until:
         value = predicate()
@@ -178,3 +181,37 @@ def broker_up():
         return True
     except OSError:
         return False
+
+
+class InteractiveClient:
+    """A ./client process driven line by line; chat lines (<<<...>>>) kept apart."""
+
+    def __init__(self, port):
+        self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, cwd=ROOT)
+        self.replies, self.chat = queue.Queue(), []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            (self.chat.append if line.startswith("<<<") else self.replies.put)(line)
+
+    def say(self, line, timeout=60):
+        """Type a line; the next reply line (chat lines excluded)."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.replies.get(timeout=timeout)
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()

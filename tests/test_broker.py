@@ -6,7 +6,6 @@ talks to a reactor only through `Loop.call`. Some tests stop and restart the
 broker; the class always leaves it running.
 """
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 from lib import broker  # noqa: E402
 from lib.reactor import Reactor  # noqa: E402
+from tests.support import wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "activemq.sh")
 PORT = int(os.environ.get("NP_BROKER_PORT", "61613"))
@@ -40,13 +40,6 @@ def port_open():
         return False
 
 
-def wait_for(predicate, timeout, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 class Loop:

@@ -44,6 +44,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError  # noqa: E4
 from lib.launchers import ec2  # noqa: E402
 from lib.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
+from tests.support import wait_for  # noqa: E402
 
 AMI = "ami-760aaa0f"
 PYTHON = sys.executable
@@ -55,13 +56,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def port_open(port):

@@ -14,7 +14,6 @@ No timing asserts: every wait is bounded, generous, and only a ceiling.
 """
 import json
 import os
-import queue
 import random
 import re
 import signal
@@ -25,7 +24,8 @@ import threading
 import time
 import unittest
 
-from tests.support import PYTHON, ROOT, Conn, LoginServer, broker_up, wait_for
+from tests.support import PYTHON, ROOT, Conn, LoginServer, wait_for
+from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
 SUCCESS = {"status": 0, "message": "Success!"}
@@ -61,39 +61,6 @@ def login_many(port, users, threads=8):
         raise errors[0]
     assert all(r.get("status") == 0 for r in replies.values()), replies
     return replies
-
-
-class Client:
-    """A ./client process driven line by line; chat lines (<<<...>>>) kept apart."""
-
-    def __init__(self, port):
-        self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, cwd=ROOT)
-        self.replies, self.chat = queue.Queue(), []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            (self.chat.append if line.startswith("<<<") else self.replies.put)(line)
-
-    def say(self, line, timeout=60):
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.replies.get(timeout=timeout)
-
-    def close(self):
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
 
 
 # ----------------------------------------------------------------------------------------
@@ -504,8 +471,8 @@ class FuzzTest(unittest.TestCase):
         tok2 = exchange(f"fy->server#login<fypw><127.0.0.1><{me}>", r"server->fy#Success<(.{6})>")[1]
         bases = [f"fz->server#login<fzpw><127.0.0.1><{me}>", f"fz->server#login<nope><127.0.0.1><{me}>",
                  f"fz->server#login<fzpw><10.0.0.1><{me}>", f"fz->fy#<{tok}><0123456789>hello",
-                 f"fz->nobody#<{tok}><0123456789>hello", f"fz->fy#<ZZZZZZ><0123456789>hello",
-                 f"fy->server#<{tok2}><0123456789>Success: hello", f"fz->server#logoff<ZZZZZZ>",
+                 f"fz->nobody#<{tok}><0123456789>hello", "fz->fy#<ZZZZZZ><0123456789>hello",
+                 f"fy->server#<{tok2}><0123456789>Success: hello", "fz->server#logoff<ZZZZZZ>",
                  "server->fz#Success<abcdef>", f"fz->fy#<{tok}><012345678>short id", "->#", "a->b#c"]
         bases = [b.encode() for b in bases]
         rng = random.Random(FUZZ_SEED + 1)

@@ -1,45 +1,16 @@
 """send and send-group end to end through the real ActiveMQ broker, with
 separate client processes, guessing subscribers, and broker restarts."""
 import os
-import queue
 import subprocess
-import threading
 import time
 import unittest
 
 import stomp
 
-from tests.support import PYTHON, ROOT, LoginServer, wait_for
+from tests.support import ROOT, LoginServer, wait_for
+from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
-
-
-class Client:
-    """A ./client process driven line by line; chat lines kept apart."""
-
-    def __init__(self, port):
-        self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        self.replies, self.chat = queue.Queue(), []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for raw in self.proc.stdout:
-            line = raw.decode().rstrip("\n")
-            (self.chat.append if line.startswith("<<<") else self.replies.put)(line)
-
-    def say(self, line, timeout=30):
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.replies.get(timeout=timeout)
-
-    def close(self):
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(10)
-        self.proc.stdout.close()
 
 
 def sorted_chat(client, count, timeout=10):
