@@ -296,15 +296,8 @@ def closed_loop(targets, duration=None, warmup=None, max_requests=500_000, expec
             else:
                 sel.unregister(s)
                 active -= 1
-    cpu1 = cpu_seconds(cpu_pids)
-    for s in socks:
-        s.close()
-    window = max(1e-9, (t_last if completed >= max_requests else t_end) - t_measure)
-    result = {"clients": n, "requests": completed, "rps": in_window / window,
-              "p50_ms": ms(pct(lat, 0.50)), "p99_ms": ms(pct(lat, 0.99)), "errors": errors}
-    if cpu_pids and cpu0 is not None and in_window:
-        result["cpu_us_per_req"] = round((cpu1 - cpu0) / in_window * 1e6, 1)
-    return result
+    return _loop_result(n, socks, cpu_pids, cpu0, completed, max_requests, in_window,
+                        t_last, t_end, t_measure, lat, errors)
 
 
 def udp_echo_loop(port, clients, payload_for, duration=None, warmup=None, max_requests=500_000,
@@ -365,12 +358,20 @@ def udp_echo_loop(port, clients, payload_for, duration=None, warmup=None, max_re
                 socks[i].send(payloads[i])
             else:
                 active.discard(i)
+    return _loop_result(clients, socks, cpu_pids, cpu0, completed, max_requests, in_window,
+                        t_last, t_end, t_measure, lat, lost)
+
+
+def _loop_result(clients, socks, cpu_pids, cpu0, completed, max_requests, in_window,
+                 t_last, t_end, t_measure, lat, errors):
+    """Close the loop's sockets and sum it up: rate in the measured window,
+    p50/p99, errors, and the servers' CPU per request."""
     cpu1 = cpu_seconds(cpu_pids)
     for s in socks:
         s.close()
     window = max(1e-9, (t_last if completed >= max_requests else t_end) - t_measure)
     result = {"clients": clients, "requests": completed, "rps": in_window / window,
-              "p50_ms": ms(pct(lat, 0.5)), "p99_ms": ms(pct(lat, 0.99)), "errors": lost}
+              "p50_ms": ms(pct(lat, 0.50)), "p99_ms": ms(pct(lat, 0.99)), "errors": errors}
     if cpu_pids and cpu0 is not None and in_window:
         result["cpu_us_per_req"] = round((cpu1 - cpu0) / in_window * 1e6, 1)
     return result
@@ -422,17 +423,22 @@ def table(title, columns, rows):
     print("\n".join(lines), flush=True)
 
 
-def _fmt(v):
+def _fmt(v, none="-", no="NO"):
+    """A table cell: floats to 3 significant figures, thousands separated."""
     if v is None:
-        return "-"
+        return none
     if isinstance(v, bool):
-        return "yes" if v else "NO"
+        return "yes" if v else no
     if isinstance(v, float):
         if abs(v) >= 100:
             return f"{v:,.0f}"
         if abs(v) >= 10:
             return f"{v:.1f}"
         return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, list):
+        return ", ".join(_fmt(x, none, no) for x in v)
     return str(v)
 
 

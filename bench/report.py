@@ -9,6 +9,10 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import _fmt  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "bench", "results")
 
 COLUMNS = {
@@ -24,21 +28,7 @@ COLUMNS = {
 
 
 def fmt(v):
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "**no**"
-    if isinstance(v, float):
-        if abs(v) >= 100:
-            return f"{v:,.0f}"
-        if abs(v) >= 10:
-            return f"{v:.1f}"
-        return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
-    if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10000 else str(v)
-    if isinstance(v, list):
-        return ", ".join(fmt(x) for x in v)
-    return str(v)
+    return _fmt(v, none="–", no="**no**")
 
 
 def md(columns, rows):
