@@ -30,7 +30,8 @@ if ROOT not in sys.path:
 
 from lib import passwords  # noqa: E402
 from lib.reactor import raise_fd_limit  # noqa: E402
-from tests.support import Conn, LoginServer, children, free_port, wait_for, wait_port  # noqa: E402,F401
+from tests.support import (Conn, LoginServer, children, free_port, login_many, stop_process,  # noqa: E402,F401
+                           wait_for, wait_port)
 
 raise_fd_limit()
 
@@ -124,14 +125,8 @@ class Baseline:
         return self.proc.pid
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc:
+            stop_process(self.proc, timeout=5)
             self.proc.stdout.close()
 
     def __enter__(self):
@@ -171,32 +166,8 @@ def start_quiet(server):
 
 
 def login_all(port, users, threads=8):
-    """Log every user in (password = users[name]); {name: reply}. Parallel
-    over a few connections (scrypt checks run on the server's 2 workers)."""
-    import threading
-    names = list(users)
-    replies, errors = {}, []
-
-    def work(chunk):
-        try:
-            c = Conn(port, timeout=120)
-            for name in chunk:
-                replies[name] = c.request(f"login {name} {users[name]}")
-            c.close()
-        except Exception as e:   # pragma: no cover - reported below
-            errors.append(e)
-
-    ts = [threading.Thread(target=work, args=(names[i::threads],)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    bad = {n: r for n, r in replies.items() if r.get("status") != 0}
-    if bad:
-        raise RuntimeError(f"logins failed: {list(bad.items())[:3]}")
-    return replies
+    """Log every user in, in parallel; {name: reply} (see tests.support.login_many)."""
+    return login_many(port, users, threads)
 
 
 def addr_of(text):

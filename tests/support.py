@@ -87,14 +87,8 @@ class LoginServer:
         return children(self.proc.pid)
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc:
+            stop_process(self.proc, sig, timeout)
             self.log.close()
 
     def kill9(self):
@@ -158,6 +152,47 @@ def login(port, user, password):
         c.close()
 
 
+def login_many(port, users, threads=8, timeout=120):
+    """Log every user in (password = users[name]) over `threads` parallel
+    connections (the server checks passwords on its worker pool);
+    {name: reply}. Raises if any login fails."""
+    names = list(users)
+    replies, errors = {}, []
+
+    def work(chunk):
+        try:
+            c = Conn(port, timeout=timeout)
+            for name in chunk:
+                replies[name] = c.request(f"login {name} {users[name]}")
+            c.close()
+        except Exception as e:   # re-raised in the calling thread
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(names[i::threads],)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    bad = {n: r for n, r in replies.items() if r.get("status") != 0}
+    if bad:
+        raise RuntimeError(f"logins failed: {list(bad.items())[:3]}")
+    return replies
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10):
+    """Signal `proc` (unless `sig` is None: it is exiting by itself) and wait;
+    SIGKILL if it has not exited after `timeout` s."""
+    if sig is not None and proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_client(port, text, timeout=120, linger=None):
     """Run ./client as a real process with `text` on stdin; returns stdout."""
     cmd = [PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)]
@@ -209,9 +244,5 @@ class InteractiveClient:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, sig=None, timeout=15)   # end of input makes it exit
         self.proc.stdout.close()

@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError  # noqa: E4
 from lib.launchers import ec2  # noqa: E402
 from lib.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
-from tests.support import wait_for  # noqa: E402
+from tests.support import stop_process, wait_for  # noqa: E402
 
 AMI = "ami-760aaa0f"
 PYTHON = sys.executable
@@ -152,12 +152,7 @@ class MotoTestCase(unittest.TestCase):
     def tearDownClass(cls):
         cls.proxy.shutdown()
         cls.proxy.server_close()
-        cls.moto.terminate()
-        try:
-            cls.moto.wait(5)
-        except subprocess.TimeoutExpired:
-            cls.moto.kill()
-            cls.moto.wait()
+        stop_process(cls.moto, timeout=5)
         cls.moto_log.close()
 
     # -- helpers ----------------------------------------------------------------

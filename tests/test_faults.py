@@ -24,7 +24,7 @@ import threading
 import time
 import unittest
 
-from tests.support import PYTHON, ROOT, Conn, LoginServer, wait_for
+from tests.support import PYTHON, ROOT, Conn, LoginServer, login_many, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
@@ -37,30 +37,6 @@ def with_accounts(server, users):
     with open(os.path.join(server.data, "users.txt"), "w") as f:
         f.writelines(f"{name} {pw}\n" for name, pw in users.items())
     return server
-
-
-def login_many(port, users, threads=8):
-    replies, errors = {}, []
-    names = list(users)
-
-    def work(chunk):
-        try:
-            c = Conn(port, timeout=60)
-            for name in chunk:
-                replies[name] = c.request(f"login {name} {users[name]}")
-            c.close()
-        except Exception as e:   # re-raised in the test thread
-            errors.append(e)
-
-    ts = [threading.Thread(target=work, args=(names[i::threads],)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    if errors:
-        raise errors[0]
-    assert all(r.get("status") == 0 for r in replies.values()), replies
-    return replies
 
 
 # ----------------------------------------------------------------------------------------
