@@ -4,7 +4,6 @@
 The one-time join secret comes in the environment variable NP_JOIN_SECRET.
 """
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ import time
 
 from lib import applink
 from lib.app_service import AppService
+from lib.process import die_with_parent
 from lib.reactor import Reactor, raise_fd_limit
 
 
@@ -31,17 +31,6 @@ def parse_args(argv):
                    help="exit when the parent process dies (local launcher)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
-
-
-def die_with_parent():
-    """Ask Linux to SIGTERM us when our parent dies, even by kill -9."""
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:   # the parent died before we asked
-        sys.exit(0)
 
 
 def connect_login(address, deadline=30.0):
@@ -73,7 +62,8 @@ def make_publisher(reactor, address):
 def main(argv=None):
     args = parse_args(argv)
     if args.die_with_parent:
-        die_with_parent()
+        if not die_with_parent():
+            sys.exit(0)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {args.id} %(levelname)s %(message)s")
     secret = os.environ.pop("NP_JOIN_SECRET", "")

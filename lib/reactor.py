@@ -2,11 +2,23 @@
 
 Modelled on Redis' ae.c: the loop knows nothing of the application. It offers
 readers/writers on file objects, timers, "soon" callbacks, a thread-safe
-wake-up (for stomp.py's receiver thread and off-loop work), and after-turn
-hooks. After-turn hooks run once per turn, after every event of that turn;
-the login server's store uses one to fsync the turn's writes (group commit)
-before `LineConnection` flushes the turn's replies, so no reply ever leaves
-before the write it acknowledges is durable.
+wake-up (for stomp.py's receiver thread and off-loop work), and before-sleep
+hooks.
+
+A turn has two phases, and this order is the durability barrier of the
+whole system (Redis: `AE_BARRIER`, and `beforeSleep` writing the AOF before
+`handleClientsWithPendingWrites`):
+
+1. input: readable files, due timers, callbacks from threads and `call_soon`;
+   application code runs here, changes state and *queues* output;
+2. before-sleep hooks (the login server's group commit), then output: the
+   callbacks registered with `want_output` and the writers of writable files.
+
+Output never runs before the turn's hooks, whatever path queued it (a read, a
+timer, a thread's completion), and the output phase runs no application
+code (see `LineConnection._flush`). A hook that raises stops the loop at
+once, before any of the turn's output: `run()` re-raises, so a failed commit
+can never be followed by the replies it was meant to make durable.
 """
 import collections
 import errno
@@ -53,8 +65,8 @@ class Reactor:
         self._seq = itertools.count()
         self._soon = collections.deque()
         self._from_threads = collections.deque()
-        self._after_turn = []
-        self._flush = {}             # objects whose _flush() runs after the hooks (insertion-ordered)
+        self._before_sleep = []
+        self._output = {}            # callbacks for this turn's output phase (insertion-ordered)
         self._workers = workers
         self._pool = None
         self._running = False
@@ -152,13 +164,15 @@ class Reactor:
         self._pool.submit(fn, *args).add_done_callback(finished)
 
     # -- turns -------------------------------------------------------------
-    def add_after_turn(self, hook):
-        """`hook()` runs at the end of every turn, before queued output is flushed."""
-        self._after_turn.append(hook)
+    def add_before_sleep(self, hook):
+        """`hook()` runs at the end of every turn, before any output of the
+        turn. It is not guarded: an exception stops the loop (`run()` raises)."""
+        self._before_sleep.append(hook)
 
-    def want_flush(self, obj):
-        """Ask for `obj._flush()` at the end of this turn, after the hooks."""
-        self._flush[obj] = None
+    def want_output(self, callback):
+        """Run `callback()` in this turn's output phase, after the hooks. It
+        must only move bytes: state changes belong to the input phase."""
+        self._output[callback] = None
 
     def add_signal_handler(self, signum, callback):
         signal.signal(signum, lambda *_: self.call_soon_threadsafe(callback))
@@ -182,15 +196,15 @@ class Reactor:
             events = self._sel.select(timeout)
         except InterruptedError:
             events = []
-        for key, mask in events:
+        writable = []
+        for key, mask in events:          # phase 1: input
             entry = self._handlers.get(key.fd)
             if entry is None:
                 continue
             if mask & EVENT_READ and entry[1]:
                 self._guard(entry[1])
-            entry = self._handlers.get(key.fd)  # the reader may have closed it
-            if entry is not None and mask & EVENT_WRITE and entry[2]:
-                self._guard(entry[2])
+            if mask & EVENT_WRITE:
+                writable.append((key.fd, entry))
         now = time.monotonic()
         while self._timers and self._timers[0].when <= now:
             timer = heapq.heappop(self._timers)
@@ -201,15 +215,19 @@ class Reactor:
         for _ in range(len(self._soon)):
             callback, args = self._soon.popleft()
             self._guard(callback, *args)
-        for hook in self._after_turn:
-            self._guard(hook)
-        while self._flush:
-            pending, self._flush = self._flush, {}
-            for obj in pending:
-                self._guard(obj._flush)
+        for hook in self._before_sleep:   # phase 2: hooks, then output
+            hook()
+        pending, self._output = self._output, {}
+        for callback in pending:
+            self._guard(callback)
+        for fd, entry in writable:
+            # Still the same registration (the fd may have been closed and
+            # reused during the turn) and still wanting to write?
+            if self._handlers.get(fd) is entry and entry[2]:
+                self._guard(entry[2])
 
     def _timeout(self):
-        if self._soon or self._from_threads or self._flush:
+        if self._soon or self._from_threads or self._output:
             return 0
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
@@ -390,17 +408,23 @@ class LineConnection:
         self.close()
 
     # -- output --------------------------------------------------------------
+    MAX_OUTPUT = 16 * 1024 * 1024   # unsent bytes before we drop a peer that never reads
+
     def send(self, data):
+        """Queue `data`; it leaves in this turn's output phase (after the commit)."""
         if self.closed:
             return
         self.outbuf += data
-        self.reactor.want_flush(self)
+        self.reactor.want_output(self._flush)
 
     def close_after_flush(self):
         self._close_when_flushed = True
-        self.reactor.want_flush(self)
+        self.reactor.want_output(self._flush)
 
     def _flush(self):
+        # Runs in the output phase, so it only moves bytes: a connection that
+        # fails here is torn down now but its on_close (application code)
+        # runs in the next turn's input phase.
         if self.closed:
             return
         if self.outbuf:
@@ -410,11 +434,11 @@ class LineConnection:
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
-                self.close()
+                self.close(notify_later=True)
                 return
         if self.outbuf:
-            if len(self.outbuf) > 16 * 1024 * 1024:
-                self.close()  # a peer that never reads must not eat our memory
+            if len(self.outbuf) > self.MAX_OUTPUT:
+                self.close(notify_later=True)
                 return
             if not self._writing:
                 self._writing = True
@@ -424,9 +448,10 @@ class LineConnection:
                 self._writing = False
                 self.reactor.remove_writer(self.sock)
             if self._close_when_flushed:
-                self.close()
+                self.close(notify_later=True)
 
-    def close(self):
+    def close(self, notify_later=False):
+        """Close now; `on_close` runs now, or next turn if `notify_later`."""
         if self.closed:
             return
         self.closed = True
@@ -439,7 +464,10 @@ class LineConnection:
         except OSError:
             pass
         if self.on_close:
-            self.on_close(self)
+            if notify_later:
+                self.reactor.call_soon(self.on_close, self)
+            else:
+                self.on_close(self)
 
 
 class Listener:

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 
+from ..process import watch_exit
+
 log = logging.getLogger("launcher.local")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +30,7 @@ class LocalLauncher:
         self.broker = broker
         self.extra_args = list(extra_args)
         self.procs = {}                           # server id -> Popen
-        self._pidfds = {}
+        self._watches = {}                        # server id -> stop watching
         self.on_exit = None                       # callback(server_id, reason), set by the wiring
 
     def launch(self, server_id, secret):
@@ -42,32 +44,12 @@ class LocalLauncher:
         env = dict(os.environ, NP_JOIN_SECRET=secret)
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
         self.procs[server_id] = proc
-        try:
-            fd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            fd = None
-        if fd is not None:
-            self._pidfds[server_id] = fd
-            self.reactor.add_reader(fd, lambda: self._exited(server_id))
-        else:  # no pidfd (old kernel): poll
-            self.reactor.call_later(0.5, self._poll, server_id)
+        self._watches[server_id] = watch_exit(self.reactor, proc.pid, lambda: self._exited(server_id))
         log.info("%s: pid %d", server_id, proc.pid)
-
-    def _poll(self, server_id):
-        proc = self.procs.get(server_id)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self.reactor.call_later(0.5, self._poll, server_id)
-        else:
-            self._exited(server_id)
 
     def _exited(self, server_id):
         proc = self.procs.pop(server_id, None)
-        fd = self._pidfds.pop(server_id, None)
-        if fd is not None:
-            self.reactor.forget(fd)
-            os.close(fd)
+        self._watches.pop(server_id, None)
         if proc is None:
             return
         code = proc.wait()
@@ -93,8 +75,7 @@ class LocalLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for fd in self._pidfds.values():
-            self.reactor.forget(fd)
-            os.close(fd)
+        for stop in self._watches.values():
+            stop()
         self.procs.clear()
-        self._pidfds.clear()
+        self._watches.clear()
