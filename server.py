@@ -9,8 +9,13 @@ import sys
 from lib import applink
 from lib.fleet import Fleet
 from lib.login_service import LoginService
+from lib.files import UnsafePath
+from lib.process import watch_exit
 from lib.reactor import Reactor, raise_fd_limit
-from lib.store import Store, StoreLocked
+from lib.store import SNAPSHOT_EVERY, Store, StoreError, StoreFailure
+
+# Exit status when a write to the data directory failed (docs/durability.md).
+EXIT_STORE_FAILED = 3
 
 LAUNCHERS = ("local", "ec2")
 
@@ -37,6 +42,9 @@ def parse_args(argv):
                    help="port app servers register on (default: any free port)")
     p.add_argument("--conn-idle", type=float, default=300.0, metavar="S",
                    help="close client connections silent for S seconds (default 300)")
+    p.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, metavar="BYTES",
+                   help="write a snapshot (in a child process) after BYTES of journal "
+                        f"(default {SNAPSHOT_EVERY})")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync (benchmarks only: a crash may lose acknowledged writes)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -47,8 +55,9 @@ def parse_args(argv):
         pass
     args = p.parse_args(argv)
     if args.capacity < 1 or (args.max_app_servers is not None and args.max_app_servers < 1) \
-            or args.spare < 0 or args.idle_timeout < 0:
-        p.error("--capacity and --max-app-servers must be >= 1; --spare and --idle-timeout >= 0")
+            or args.spare < 0 or args.idle_timeout < 0 or args.snapshot_every < 1:
+        p.error("--capacity, --max-app-servers and --snapshot-every must be >= 1; "
+                "--spare and --idle-timeout >= 0")
     return args
 
 
@@ -70,11 +79,15 @@ def main(argv=None):
     raise_fd_limit()
     reactor = Reactor()
     try:
-        store = Store(args.data, fsync=not args.no_fsync).open()
-    except StoreLocked as e:
+        store = Store(args.data, fsync=not args.no_fsync, snapshot_every=args.snapshot_every,
+                      watch_child=lambda pid, on_exit: watch_exit(reactor, pid, on_exit)).open()
+    except (StoreError, UnsafePath) as e:
         print(f"server: {e}", file=sys.stderr)
         return 1
-    reactor.add_after_turn(store.commit)   # group commit: before the turn's replies leave
+    except OSError as e:
+        print(f"server: data directory {os.path.abspath(args.data)}: {e.strerror}", file=sys.stderr)
+        return 1
+    reactor.add_before_sleep(store.commit)   # group commit: before the turn's replies leave
     service = LoginService(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle)
     try:
         public, internal = service.listen(args.host, args.port, args.host, args.internal_port)
@@ -107,7 +120,16 @@ def main(argv=None):
     logging.getLogger("login").info("np-social login server on %s, app servers register on %s, data in %s",
                                     applink.format_address(*public), applink.format_address(*internal),
                                     os.path.abspath(args.data))
-    reactor.run()
+    try:
+        reactor.run()
+    except StoreFailure as e:
+        # The turn's replies were never sent (see lib/reactor.py); stop the
+        # fleet and exit rather than acknowledge writes the disk refused.
+        logging.getLogger("login").critical("%s; stopping so that no unsaved write is "
+                                            "acknowledged", e)
+        fleet.shutdown()
+        launcher.close()
+        return EXIT_STORE_FAILED
     return 0
 
 

@@ -1,62 +1,80 @@
-"""Durable flat-file store of the login server (the whole durability story).
+"""Durable flat-file store of the login server (the whole durability story;
+docs/durability.md says which guarantee each write gets).
 
-Files in the data directory (mode 0700):
-  users.txt        accounts in the users.txt format (`ID PASSWORD`), the
-                   authority on which accounts exist and their passwords;
-                   appended on register, rewritten atomically on delete.
-  journal.log      every mutation since the snapshot, one line each:
-                   `<crc32 hex> <json [seq, kind, args...]>`.
-  snapshot.json    the whole State at some seq (write temp, fsync, rename).
-  lock             flock'd while a server owns the directory.
+Files in the data directory (0700, files 0600, see lib/files.py):
+  users.txt          accounts in the users.txt format (`ID PASSWORD`), the
+                     authority on which accounts exist and their passwords;
+                     appended on register, rewritten atomically on delete.
+  journal.log        every mutation since the last rotation, one line each:
+                     `<crc32 hex> <json [seq, kind, args...]>`.
+  journal.SEQ.log    a rotated journal (records up to SEQ), kept until a
+                     snapshot at SEQ or later is on disk.
+  snapshot.json      the whole State at some seq (temp file, fsync, rename).
+  lock               flock'd while a server owns the directory.
 
-Writes are buffered during a reactor turn; `commit()` (an after-turn hook)
+Writes are buffered during a reactor turn; `commit()` (a before-sleep hook)
 writes and fsyncs them once for the whole turn (group commit) before any
-reply of that turn is flushed. Order: users.txt first, then the journal.
+reply of that turn leaves. Order: users.txt first, then the journal. If a
+write or fsync fails, `commit()` raises StoreFailure and every later commit
+does too: the server stops without sending the turn's replies (Redis with
+appendfsync always does the same; after a failed fsync the page cache can
+no longer be trusted, so retrying would risk acknowledging lost data).
 
-Recovery: load the snapshot, replay journal lines with a higher seq (a torn
-or corrupt line ends the replay and the file is cut there: it was never
+Snapshots do not stall the loop: when the journal passes `snapshot_every`
+bytes, it is rotated (a rename) and a forked child writes the State as it was
+at that seq, while the server goes on appending to a new journal.log. Once
+the child has renamed its snapshot into place, the rotated journals are
+deleted. Without a `watch_child` (tests, tools) snapshots are written inline.
+
+Recovery: load the snapshot, replay journal.SEQ.log files in order, then
+journal.log, skipping records the snapshot holds (a torn or corrupt line
+ends journal.log's replay and the file is cut there: it was never
 acknowledged), then reconcile with users.txt: accounts missing from it are
 deleted (a delete whose journal line was lost), new or changed lines are
 taken as registered (hand edits, or a register whose journal line was lost).
+Names users.txt cannot hold (legacy ones starting with `#`, which it reads
+as comments) live in the snapshot and journal alone.
 """
 import fcntl
+import gc
 import json
 import logging
 import os
+import re
+import signal
 import zlib
 
-from . import social
+from . import files, social
 from .passwords import parse_accounts
+from .process import die_with_parent
 
 log = logging.getLogger("store")
 
 HEADER = "# np-social accounts: ID PASSWORD (salted scrypt record, or plain text written by hand)\n"
 SNAPSHOT_EVERY = 8 * 1024 * 1024   # journal bytes
+_SEGMENT = re.compile(r"journal\.(\d+)\.log\Z")
 
 
-class StoreLocked(RuntimeError):
+class StoreError(Exception):
+    """The store cannot be used; the message is one line for the operator."""
+
+
+class StoreLocked(StoreError):
     pass
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class StoreFailure(StoreError):
+    """A write or fsync failed: nothing written since the last commit may be
+    acknowledged, and the store takes no more writes."""
+
+    def __init__(self, path, error):
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path, self.error = path, error
 
 
-def _atomic_write(path, data, sync=True):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    if sync:
-        _fsync_dir(os.path.dirname(path))
+def users_txt_can_hold(name):
+    """users.txt reads `#...` lines as comments and splits on white space."""
+    return bool(name) and not name.startswith("#") and name.split() == [name]
 
 
 def _frame(seq, mutation):
@@ -73,15 +91,33 @@ def _unframe(line):
             return None
         record = json.loads(body)
         return record if record[1] in social.MUTATIONS else None
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, RecursionError):
         return None
 
 
+def _append(fd, path, data, sync):
+    """Append and (maybe) sync; on failure cut the file back, then raise."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        files.write_all(fd, data)
+        if sync:
+            os.fdatasync(fd)
+    except OSError as e:
+        try:   # no half record at the end (Redis' flushAppendOnlyFile does this too)
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise StoreFailure(path, e) from None
+
+
 class Store:
-    def __init__(self, data_dir, fsync=True, snapshot_every=SNAPSHOT_EVERY):
+    def __init__(self, data_dir, fsync=True, snapshot_every=SNAPSHOT_EVERY, watch_child=None):
+        """`watch_child(pid, on_exit)`: run `on_exit()` on the loop when child
+        `pid` exits (lib/process.watch_exit); without it snapshots are inline."""
         self.dir = os.path.abspath(data_dir)
         self.fsync = fsync
         self.snapshot_every = snapshot_every
+        self.watch_child = watch_child
         self.state = social.State()
         self.seq = 0
         self.users_path = os.path.join(self.dir, "users.txt")
@@ -90,46 +126,68 @@ class Store:
         self._journal_buf = bytearray()
         self._users_buf = bytearray()
         self._users_rewrite = False
-        self._journal = self._users = self._lock = None
+        self._journal = self._users = self._lock = None   # file descriptors
+        self._child = None           # pid of the snapshot writer
+        self.failed = None           # the StoreFailure that stopped writes
         self.journal_bytes = 0
         self.commits = 0
+        self.snapshots = 0
 
     # -- opening and recovery --------------------------------------------------
     def open(self):
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self._lock = open(os.path.join(self.dir, "lock"), "a")
+        files.prepare_dir(self.dir)
+        self._lock = files.open_private(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StoreLocked(f"{self.dir} is in use by another np-social server")
+            os.close(self._lock)
+            raise StoreLocked(f"{self.dir} is in use by another np-social server") from None
+        try:
+            self._recover()
+        except BaseException:
+            self._release()   # a failed open leaves nothing locked or open
+            raise
+        log.info("store %s: %d accounts, %d groups, %d sessions (replayed %d, reconciled %d)",
+                 self.dir, len(self.state.users), len(self.state.groups),
+                 len(self.state.sessions), self._replayed, self._reconciled)
+        return self
+
+    def _recover(self):
+        files.remove_stale_temps(self.dir, ("users.txt", "snapshot.json", "journal.log"))
         self._load_snapshot()
-        replayed = self._replay_journal()
+        replayed = sum(self._replay(path, last=(path == self.journal_path))
+                       for path in self._journal_files())
         reconciled = self._reconcile_accounts()
-        self._journal = open(self.journal_path, "ab")
-        self.journal_bytes = self._journal.tell()
+        self._journal = self._open_journal()
+        self.journal_bytes = os.fstat(self._journal).st_size
         if reconciled:
             self.record(reconciled)
         self._users_rewrite = True  # rewrite users.txt clean (drops any torn tail)
-        self.commit()
-        log.info("store %s: %d accounts, %d groups, %d sessions (replayed %d, reconciled %d)",
-                 self.dir, len(self.state.users), len(self.state.groups),
-                 len(self.state.sessions), replayed, len(reconciled))
-        return self
+        self._write_pending()
+        self._replayed, self._reconciled = replayed, len(reconciled)
+
+    def _open_journal(self):
+        return files.open_private(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def _segments(self):
+        """Rotated journals as [(last seq, path)], oldest first."""
+        found = (_SEGMENT.match(name) for name in os.listdir(self.dir))
+        return sorted((int(m[1]), os.path.join(self.dir, m[0])) for m in found if m)
+
+    def _journal_files(self):
+        return [path for _, path in self._segments()] + [self.journal_path]
 
     def _load_snapshot(self):
-        try:
-            with open(self.snapshot_path, "rb") as f:
-                data = json.loads(f.read())
-        except FileNotFoundError:
+        raw = files.read_private(self.snapshot_path)
+        if raw is None:
             return
+        data = json.loads(raw)
         self.seq = data["seq"]
         self.state = state_from_json(data)
 
-    def _replay_journal(self):
-        try:
-            with open(self.journal_path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+    def _replay(self, path, last):
+        raw = files.read_private(path)
+        if raw is None:
             return 0
         good_end = replayed = 0
         pos = 0
@@ -137,6 +195,9 @@ class Store:
             nl = raw.find(b"\n", pos)
             record = _unframe(raw[pos:nl]) if nl >= 0 else None
             if record is None:
+                if not last:   # a rotated journal was complete when rotated
+                    raise StoreError(f"{path} is corrupt at byte {pos}; refusing to start "
+                                     f"(move it away to start without its writes)")
                 log.warning("journal: torn or corrupt record at byte %d; cutting %d bytes",
                             pos, len(raw) - pos)
                 break
@@ -148,21 +209,21 @@ class Store:
             self.seq = seq
             replayed += 1
         if good_end < len(raw):
-            with open(self.journal_path, "r+b") as f:
-                f.truncate(good_end)
-                os.fsync(f.fileno())
+            fd = files.open_private(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, good_end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return replayed
 
     def _reconcile_accounts(self):
-        try:
-            with open(self.users_path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raw = b""
+        raw = files.read_private(self.users_path) or b""
         if raw and not raw.endswith(b"\n"):
             raw = raw[:raw.rfind(b"\n") + 1]   # a torn last line was never acknowledged
         on_disk = parse_accounts(raw.decode("utf-8", "replace"))
-        mutations = [("delete", name) for name in self.state.users if name not in on_disk]
+        mutations = [("delete", name) for name in self.state.users
+                     if name not in on_disk and users_txt_can_hold(name)]
         for name, password in on_disk.items():
             user = self.state.users.get(name)
             if user is None:
@@ -181,7 +242,7 @@ class Store:
             kind = mutation[0]
             if kind in ("delete", "password"):
                 self._users_rewrite = True
-            elif kind == "register":
+            elif kind == "register" and users_txt_can_hold(mutation[1]):
                 self._users_buf += f"{mutation[1]} {mutation[2]}\n".encode("utf-8")
 
     @property
@@ -189,58 +250,153 @@ class Store:
         return bool(self._journal_buf or self._users_buf or self._users_rewrite)
 
     def commit(self):
-        """Write and fsync this turn's mutations: users.txt, then the journal."""
+        """Write and fsync this turn's mutations: users.txt, then the journal.
+        Raises StoreFailure (now and ever after) if the disk refuses."""
+        self._write_pending()
+        if self.journal_bytes > self.snapshot_every and self._child is None:
+            self._start_snapshot()
+
+    def _write_pending(self):
+        if self.failed:
+            raise self.failed
         if not self.dirty:
             return
-        if self._users_rewrite:
-            self._rewrite_users()
-        elif self._users_buf:
-            self._users.write(self._users_buf)
-            self._users.flush()
-            if self.fsync:
-                os.fsync(self._users.fileno())
-        self._users_buf.clear()
-        self._users_rewrite = False
-        if self._journal_buf:
-            self._journal.write(self._journal_buf)
-            self._journal.flush()
-            if self.fsync:
-                os.fdatasync(self._journal.fileno())
-            self.journal_bytes += len(self._journal_buf)
-            self._journal_buf.clear()
+        try:
+            if self._users_rewrite:
+                self._rewrite_users()
+            elif self._users_buf:
+                _append(self._users, self.users_path, self._users_buf, self.fsync)
+            self._users_buf.clear()
+            self._users_rewrite = False
+            if self._journal_buf:
+                _append(self._journal, self.journal_path, self._journal_buf, self.fsync)
+                self.journal_bytes += len(self._journal_buf)
+                self._journal_buf.clear()
+        except StoreFailure as e:
+            self.failed = e
+            raise
         self.commits += 1
-        if self.journal_bytes > self.snapshot_every:
-            self.snapshot()
 
     def _rewrite_users(self):
-        lines = [HEADER] + [f"{u.name} {u.password}\n" for u in self.state.users.values()]
-        if self._users:
-            self._users.close()
-        _atomic_write(self.users_path, "".join(lines).encode("utf-8"), self.fsync)
-        self._users = open(self.users_path, "ab")
+        lines = [HEADER] + [f"{u.name} {u.password}\n" for u in self.state.users.values()
+                            if users_txt_can_hold(u.name)]
+        if self._users is not None:
+            os.close(self._users)
+            self._users = None
+        try:
+            files.atomic_write(self.users_path, "".join(lines).encode("utf-8"), self.fsync)
+            self._users = files.open_private(self.users_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise StoreFailure(self.users_path, e) from None
 
+    # -- snapshots -----------------------------------------------------------------
     def snapshot(self):
-        """Write the whole State atomically, then start an empty journal."""
-        if self.dirty:
-            self.commit()
-        data = state_to_json(self.state, self.seq)
-        _atomic_write(self.snapshot_path, json.dumps(data, ensure_ascii=False).encode("utf-8"))
-        self._journal.truncate(0)
-        self._journal.seek(0)
-        if self.fsync:
-            os.fsync(self._journal.fileno())
+        """Write the whole State now, in this process (shutdown, tests)."""
+        self._write_pending()
+        self._rotate()
+        self._write_snapshot(self.seq)
+        self._snapshot_done(self.seq)
+
+    def _start_snapshot(self):
+        if self.watch_child is None:
+            self.snapshot()
+            return
+        seq = self._rotate()
+        # The child serialises the State as of `seq` from its copy-on-write
+        # view of memory. Freezing the GC keeps the parent's collector from
+        # writing to every object's header (and so copying every page).
+        gc.freeze()
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            gc.unfreeze()
+            log.error("snapshot: cannot fork (%s); the journal keeps every write", e.strerror)
+            return
+        if pid == 0:
+            self._snapshot_child(seq, parent)
+        self._child = pid
+        self.watch_child(pid, lambda: self._snapshot_child_exited(pid, seq))
+
+    def _snapshot_child(self, seq, parent):
+        """In the forked child: write the snapshot, then _exit (never returns)."""
+        code = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Keep no client socket open on the server's behalf, and die with it.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            if die_with_parent(signal.SIGKILL, parent):
+                self._write_snapshot(seq)
+                code = 0
+        except BaseException as e:  # noqa: B036 - the child must always _exit
+            try:
+                os.write(2, f"store: snapshot at seq {seq} failed: {e!r}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+
+    def _snapshot_child_exited(self, pid, seq):
+        if self._child != pid:   # already reaped by close()
+            return
+        _, status = os.waitpid(pid, 0)
+        self._child = None
+        gc.unfreeze()
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            self._snapshot_done(seq)
+        else:
+            log.error("snapshot at seq %d failed (child exit %d); the journal keeps every "
+                      "write, next try after %d more bytes", seq, code, self.snapshot_every)
+
+    def _rotate(self):
+        """Close journal.log as journal.SEQ.log and start an empty one."""
+        seq = self.seq
+        try:
+            os.rename(self.journal_path, os.path.join(self.dir, f"journal.{seq}.log"))
+            files.fsync_dir(self.dir)
+            new = self._open_journal()
+        except OSError as e:
+            self.failed = StoreFailure(self.journal_path, e)
+            raise self.failed from None
+        os.close(self._journal)
+        self._journal = new
         self.journal_bytes = 0
-        log.info("snapshot at seq %d", self.seq)
+        return seq
+
+    def _write_snapshot(self, seq):
+        data = json.dumps(state_to_json(self.state, seq), ensure_ascii=False).encode("utf-8")
+        files.atomic_write(self.snapshot_path, data, self.fsync)
+
+    def _snapshot_done(self, seq):
+        """The snapshot at `seq` is on disk: drop the journals it covers."""
+        for last, path in self._segments():
+            if last <= seq:
+                os.unlink(path)
+        files.fsync_dir(self.dir)
+        self.snapshots += 1
+        log.info("snapshot at seq %d", seq)
 
     def close(self):
         if self._journal is None:
             return
-        self.commit()
-        self.snapshot()
-        for f in (self._journal, self._users, self._lock):
-            if f:
-                f.close()
-        self._journal = None
+        if self._child is not None:   # a snapshot under way: let it finish
+            os.waitpid(self._child, 0)
+            self._child = None
+            gc.unfreeze()
+        if not self.failed:
+            try:
+                self.snapshot()
+            except (OSError, StoreError) as e:
+                log.error("closing store: %s", e)
+        self._release()
+
+    def _release(self):
+        for fd in (self._journal, self._users, self._lock):
+            if fd is not None:
+                os.close(fd)
+        self._journal = self._users = self._lock = None
 
 
 # -- snapshot format -------------------------------------------------------------

@@ -7,6 +7,37 @@ import unittest
 from lib.reactor import LineConnection, Reactor
 
 
+class RecordingSocket:
+    """A socket that notes each send in `order`; can take only one byte of a
+    send (`short_sends`) or fail every send (`fail_sends`)."""
+
+    def __init__(self, sock, order):
+        self.sock, self.order = sock, order
+        self.short_sends, self.fail_sends = 0, False
+
+    def send(self, data):
+        if self.fail_sends:
+            raise ConnectionResetError(104, "reset by peer")
+        if self.short_sends:
+            self.short_sends -= 1
+            data = bytes(data[:1])
+        self.order.append(("sent", bytes(data)))
+        return self.sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def recv_until(sock, marker, limit=1 << 20):
+    got = b""
+    while marker not in got and len(got) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 class ReactorTest(unittest.TestCase):
     def test_timers_run_in_order_and_cancel(self):
         r, seen = Reactor(), []
@@ -37,18 +68,82 @@ class ReactorTest(unittest.TestCase):
         r.run()
         self.assertEqual(got, [(6, None, True)])
 
-    def test_after_turn_hooks_run_before_output_is_flushed(self):
-        r = Reactor()
+    # -- the durability barrier: no output of a turn before its hooks --------
+    def barrier_setup(self, on_line=None):
+        """A LineConnection over a recording socket; `order` gets "hook" when
+        the before-sleep hook runs and ("sent", bytes) for each send."""
+        r, order = Reactor(), []
         a, b = socket.socketpair()
-        order = []
-        conn = LineConnection(r, a, lambda c, line: c.send(line.upper() + b"\n"))
-        r.add_after_turn(lambda: order.append("hook"))
+        rec = RecordingSocket(a, order)
+        conn = LineConnection(r, rec, on_line or (lambda c, line: c.send(b"REPLY " + line + b"\n")))
+        r.add_before_sleep(lambda: order.append("hook"))
+        self.addCleanup(b.close)
+        self.addCleanup(conn.close)
+        return r, conn, rec, b, order
+
+    def assert_hook_before_reply(self, order):
+        sent_reply = [i for i, e in enumerate(order) if e != "hook" and b"REPLY" in e[1]]
+        self.assertTrue(sent_reply, order)
+        self.assertIn("hook", order[:sent_reply[0]], f"reply left before the hook: {order}")
+
+    def test_reply_queued_by_a_read_waits_for_the_hook_even_when_writable(self):
+        # Leftover output registers the connection for writing; then the same
+        # turn finds it readable (a request) and writable: the reader queues
+        # a reply, and the writer must not send it before the hook (AE_BARRIER).
+        r, conn, rec, b, order = self.barrier_setup()
+        rec.short_sends = 1                 # the first send takes one byte only
+        conn.send(b"leftover\n")
+        r.run_once(max_wait=0)             # leaves "eftover\n" queued, writer armed
+        self.assertTrue(conn.outbuf)
+        del order[:]
         b.sendall(b"hello\n")
         r.run_once(max_wait=1)
+        self.assert_hook_before_reply(order)
         b.settimeout(1)
-        self.assertEqual(b.recv(100), b"HELLO\n")
-        self.assertIn("hook", order)
-        conn.close()
+        self.assertIn(b"REPLY hello\n", recv_until(b, b"REPLY hello\n"))
+
+    def test_reply_queued_by_a_timer_waits_for_the_hook(self):
+        r, conn, rec, b, order = self.barrier_setup()
+        r.call_later(0, conn.send, b"REPLY timer\n")
+        r.run_once(max_wait=1)
+        self.assert_hook_before_reply(order)
+
+    def test_reply_queued_by_a_thread_completion_waits_for_the_hook(self):
+        r, conn, rec, b, order = self.barrier_setup()
+        r.run_in_thread(lambda: b"REPLY thread\n", done=lambda result, err: conn.send(result))
+        deadline = time.monotonic() + 5
+        while not any(e != "hook" for e in order) and time.monotonic() < deadline:
+            r.run_once(max_wait=0.05)
+        self.assert_hook_before_reply(order)
+
+    def test_a_failing_hook_stops_the_loop_before_any_output(self):
+        r, conn, rec, b, order = self.barrier_setup()
+
+        def failing_commit():
+            raise OSError(28, "No space left on device")
+
+        r.add_before_sleep(failing_commit)
+        b.sendall(b"hello\n")
+        r.call_later(2, r.stop)
+        with self.assertRaises(OSError):
+            r.run()
+        self.assertEqual([e for e in order if e != "hook"], [])
+        self.assertEqual(conn.outbuf, b"REPLY hello\n")   # queued, never sent
+
+    def test_the_output_phase_runs_no_application_code(self):
+        # A send that fails closes the socket at once, but on_close (which
+        # may change state) waits for the next turn's input phase.
+        r, closed = Reactor(), []
+        a, b = socket.socketpair()
+        rec = RecordingSocket(a, [])
+        conn = LineConnection(r, rec, lambda c, line: None, on_close=closed.append)
+        rec.fail_sends = True
+        conn.send(b"x\n")
+        r.run_once(max_wait=0)
+        self.assertTrue(conn.closed)
+        self.assertEqual(closed, [])
+        r.run_once(max_wait=0)
+        self.assertEqual(closed, [conn])
         b.close()
 
     def test_pipelined_requests_answered_synchronously_after_pause(self):
