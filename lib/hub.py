@@ -17,7 +17,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lib import passwords
+from lib import names, passwords
 
 log = logging.getLogger("hub")
 
@@ -153,9 +153,11 @@ class Reply:
         return self.body.startswith(SUCCESS)
 
 
-# An id is what users.txt allows (no white space) minus the protocol's own
-# delimiters, so `->`, `#` and `<...>` split a datagram unambiguously.
-_ID = r"[^\s#<>]{1,64}"
+# The framing of an id: no white space (users.txt) and none of the name
+# rule's delimiters, so `->`, `#` and `<...>` split a datagram unambiguously.
+# The rest of lib/names.py's rule is for new names; ids of existing accounts
+# only have to frame.
+_ID = rf"[^\s{re.escape(names.DELIMITERS)}]{{1,{names.MAX_LEN}}}"
 _HEAD = re.compile(rf"(?P<src>{_ID}?)->(?P<dst>{_ID})#(?P<body>.*)\Z", re.S)
 # The token field is parsed loosely (a wrong token earns "token error!", not
 # silence); the MSGID strictly.
@@ -183,9 +185,15 @@ _BETWEEN_CLIENTS = (  # for `A->B#...`
 )
 
 
+def _head(text):
+    """Match `A->B#` on the NFC form of `text`: ids, passwords and text then
+    compare as the TCP service stores them (lib/protocol.py decode_line)."""
+    return _HEAD.match(names.normalize(text))
+
+
 def split_head(text):
     """`A->B#BODY` -> (A, B, BODY), or None. Also used for typed lines."""
-    head = _HEAD.match(text)
+    head = _head(text)
     return (head["src"], head["dst"], head["body"]) if head else None
 
 
@@ -198,7 +206,7 @@ def parse(data):
             raise Malformed("not UTF-8") from None
     if data.endswith("\n"):  # tolerated, not required
         data = data[:-2] if data.endswith("\r\n") else data[:-1]
-    head = _HEAD.match(data)
+    head = _head(data)
     if head is None:
         raise Malformed("no A->B# header")
     src, dst = head["src"], head["dst"]

@@ -6,12 +6,25 @@ import os
 import socket
 import time
 
-from . import hub, passwords
+from . import hub, names, passwords
 from .reactor import TimerTable
 
 log = logging.getLogger("udp_hub")
 DEFAULT_USERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "users.txt")
 WATCH_INTERVAL = 1.0  # seconds between checks of the accounts file
+MAX_NAMED = 20        # refused ids named in the load warning
+
+
+def load_accounts(text, source):
+    """users.txt text -> {id: stored password}. Ids that lib/names.py's rule
+    refuses still load (existing files keep working); one warning names them."""
+    accounts = passwords.parse_accounts(text)
+    refused = [name for name in accounts if names.check(name)]
+    if refused:
+        more = f" and {len(refused) - MAX_NAMED} more" if len(refused) > MAX_NAMED else ""
+        log.warning("%s: %d account id(s) break the name rule, loaded anyway: %s%s", source,
+                    len(refused), ", ".join(map(repr, refused[:MAX_NAMED])), more)
+    return accounts
 
 
 class HubServer:
@@ -79,7 +92,7 @@ class HubServer:
             sig = (st.st_mtime_ns, st.st_size, st.st_ino)
             if sig != self._users_sig:
                 with open(self.users_path, encoding="utf-8", errors="replace") as f:
-                    accounts = passwords.parse_accounts(f.read())
+                    accounts = load_accounts(f.read(), self.users_path)
                 self.hub.set_accounts(accounts)
                 self._users_sig = sig
                 log.info("loaded %d accounts from %s", len(accounts), self.users_path)

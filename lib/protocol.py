@@ -7,6 +7,8 @@ import enum
 import json
 from dataclasses import dataclass
 
+from . import names
+
 MAX_REQUEST = 8192
 BAD_REQUEST = "Bad request"
 NOT_LOGIN = "Not login yet"
@@ -71,10 +73,11 @@ class Request:
 
 def decode_line(raw):
     """bytes -> Request, or None for a blank line; raises ValueError on
-    invalid UTF-8 or an over-long line."""
+    invalid UTF-8 or an over-long line. The text is NFC-normalised, so a
+    name typed decomposed finds the account (ASCII is left as it is)."""
     if len(raw) > MAX_REQUEST:
         raise ValueError("too long")
-    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    text = names.normalize(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
     words = text.split()
     if not words:
         return None

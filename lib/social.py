@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
-from . import protocol
+from . import names, protocol
 from .protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
 
 
@@ -167,9 +167,13 @@ def apply(state, mutation):
 
 # -- register and login: two phases around the (slow, off-loop) password hash --
 def check_register(state, args):
-    """Usage, then `<id> is already used`; None means: hash and finish."""
+    """Usage, the name rule, then `<id> is already used`; None means: hash
+    and finish."""
     if len(args) != 2:
         return fail(COMMANDS["register"].usage)
+    reason = names.check(args[0])
+    if reason:
+        return fail(f"Invalid username: {reason}")
     if args[0] in state.users:
         return fail(f"{args[0]} is already used")
     return None
@@ -278,6 +282,9 @@ def _send(state, me, args, ctx):
 
 def _create_group(state, me, args, ctx):
     group = args[0]
+    reason = names.check(group)
+    if reason:
+        return Outcome(fail(f"Invalid group name: {reason}"))
     if group in state.groups:
         return Outcome(fail(f"{group} already exist"))
     topic = ctx.new_topic()

@@ -6,7 +6,7 @@ has a test named after it.
 import itertools
 import unittest
 
-from lib import hub, passwords
+from lib import hub, hub_server, names, passwords
 from lib.hub import (CancelTimer, Login, LoginFailed, LogoffFailed, Logoff, Malformed, Message,
                      Receipt, Reply, Send, SessionState, SetTimer, TokenAck, Verify)
 from lib.udp_client import Client, ClientState, Print
@@ -590,6 +590,61 @@ class FullExchangeTest(unittest.TestCase):
         self.assertRegex(out[B_ADDR][1], r"\Aalice->bob#<.{6}><\d{10}>hi bob\Z")
         self.assertIs(the_hub.state("bob"), SessionState.ONLINE)     # receipt arrived
         self.assertIs(the_hub.state("alice"), SessionState.OFFLINE)  # logged off
+
+
+class NameRuleTest(HubTestCase):
+    """Ids frame by lib/names.py's delimiters and length, compare in NFC, and
+    accounts the rule refuses still load (and log in), with one warning."""
+
+    def test_id_framing_follows_the_name_rule(self):
+        longest = "x" * names.MAX_LEN
+        self.assertEqual(hub.parse(f"{longest}->server#logoff<abcdef>"), Logoff(longest, "abcdef"))
+        self.assertEqual(hub.parse(f"a->{longest}#<abcdef><0123456789>t").dst, longest)
+        for bad in [f"{longest}x->server#logoff<abcdef>", f"a->{longest}x#<abcdef><0123456789>t"] + \
+                   [f"a{d}b->server#logoff<abcdef>" for d in names.DELIMITERS] + \
+                   [f"alice->b{d}c#<abcdef><0123456789>t" for d in names.DELIMITERS]:
+            with self.subTest(bad=bad):
+                with self.assertRaises(Malformed):
+                    hub.parse(bad)
+
+    def test_datagrams_and_typed_lines_are_read_in_nfc(self):
+        nfd, nfc = "zoe\u0308", "zo\u00eb"
+        self.assertEqual(hub.parse(f"{nfd}->server#login<pa\u0308ss><127.0.0.1><1>".encode()),
+                         Login(nfc, "p\u00e4ss", "127.0.0.1", 1))
+        self.assertEqual(hub.parse(f"a->{nfd}#<abcdef><0123456789>e\u0301"),
+                         Message("a", nfc, "abcdef", "0123456789", "\u00e9"))
+        self.assertEqual(hub.split_head(f"{nfd}->server#logoff"), (nfc, "server", "logoff"))
+
+    def test_a_decomposed_login_finds_the_nfc_account(self):
+        self.hub.set_accounts({"zo\u00eb": "p\u00e4ss"})   # as the TCP service stores them
+        actions = self.send("zoe\u0308->server#login<pa\u0308ss><127.0.0.1><40001>", A_ADDR)
+        self.assertEqual(sends(actions), [("server->zo\u00eb#Success<tok000>", A_ADDR)])
+        client = Client(*A_ADDR)
+        client.typed("zoe\u0308->server#login<pa\u0308ss>")
+        client.received("server->zo\u00eb#Success<tok000>".encode())
+        self.assertIs(client.state, ClientState.ONLINE)
+
+    def test_accounts_the_rule_refuses_still_load_with_one_warning(self):
+        text = ("# np-social accounts\nalice pw1\n\u0430lice pw2\n"
+                "a\u200bb pw3\nzoe\u0308 pw4\n\u5c71\u7530 pw5\n")
+        with self.assertLogs("udp_hub", "WARNING") as logs:
+            accounts = hub_server.load_accounts(text, "users.txt")
+        self.assertEqual(accounts, {"alice": "pw1", "\u0430lice": "pw2", "a\u200bb": "pw3",
+                                    "zoe\u0308": "pw4", "\u5c71\u7530": "pw5"})
+        self.assertEqual(len(logs.records), 1)
+        message = logs.records[0].getMessage()
+        for refused in ("\u0430lice", "a\u200bb", "zoe\u0308"):
+            self.assertIn(repr(refused), message)
+        self.assertNotIn("'alice'", message)
+        self.assertIn("users.txt: 3 account id(s)", message)
+        with self.assertNoLogs("udp_hub", "WARNING"):
+            hub_server.load_accounts("alice pw1\n\u5c71\u7530 pw5\n", "users.txt")
+        # the refused but framable ids log in as before
+        self.hub.set_accounts(accounts)
+        for sid, password in (("\u0430lice", "pw2"), ("a\u200bb", "pw3")):
+            with self.subTest(sid=sid):
+                _, token = self.login(sid, A_ADDR, password=password)
+                self.assertIsNotNone(token)
 
 
 if __name__ == "__main__":

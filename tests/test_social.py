@@ -251,6 +251,82 @@ class PriorityTest(unittest.TestCase):
             self.assertNotIn("message", self.w.run(line).reply)
 
 
+class NameRuleTest(unittest.TestCase):
+    """register and create-group refuse what lib/names.py refuses, with a
+    clear status-1 reply and no mutation; names that exist are only looked up."""
+    REFUSED = {   # name -> reason shown after "Invalid username: " / "Invalid group name: "
+        "#evil": "`#`, `<` and `>` are not allowed",
+        "#": "`#`, `<` and `>` are not allowed",
+        "a#b": "`#`, `<` and `>` are not allowed",
+        "<x>": "`#`, `<` and `>` are not allowed",
+        "\x1b[31mred": "control or invisible characters are not allowed",
+        "a\u200bb": "control or invisible characters are not allowed",
+        "a\u00adb": "control or invisible characters are not allowed",
+        "\u0430lice": "mixes scripts (Latin and Cyrillic)",
+        "x" * 65: "at most 64 characters",
+        "zoe\u0308": "not in Unicode NFC form",
+    }
+
+    def test_register_refuses_with_the_reason_and_records_nothing(self):
+        w = World("alice")
+        before = dict(w.state.users)
+        for name, reason in self.REFUSED.items():
+            with self.subTest(name=name):
+                self.assertEqual(social.check_register(w.state, (name, "pw")),
+                                 {"status": 1, "message": f"Invalid username: {reason}"})
+        self.assertEqual(w.state.users, before)
+        for name in ("zo\u00eb", "山田", "\u0430\u043b\u0438\u0441\u0430", "x" * 64):
+            with self.subTest(name=name):
+                self.assertIsNone(social.check_register(w.state, (name, "pw")))
+
+    def test_register_order_usage_then_name_then_already_used(self):
+        w = World()
+        social.apply(w.state, ("register", "#evil", "pw"))   # made by the old code
+        self.assertEqual(social.check_register(w.state, ("#evil",))["message"],
+                         "Usage: register <username> <password>")
+        self.assertEqual(social.check_register(w.state, ("#evil", "pw", "x"))["message"],
+                         "Usage: register <username> <password>")
+        self.assertEqual(social.check_register(w.state, ("#evil", "pw"))["message"],
+                         "Invalid username: `#`, `<` and `>` are not allowed")
+
+    def test_create_group_refuses_with_the_reason_and_records_nothing(self):
+        w = World("alice", online=("alice",))
+        token = w.tok["alice"]
+        for name, reason in self.REFUSED.items():
+            with self.subTest(name=name):
+                out = social.handle(w.state, Request("create-group", (token, name)), w.ctx, Server.APP)
+                self.assertEqual(out.reply, {"status": 1, "message": f"Invalid group name: {reason}"})
+                self.assertEqual(out.mutations, [])
+                self.assertIsNone(out.effect)
+        self.assertEqual(w.state.groups, {})
+        self.assertEqual(w.state.users["alice"].joined, {})
+        self.assertEqual(w.msg("create-group {alice} 山田会"), "Success!")
+
+    def test_create_group_order(self):
+        w = World("alice", online=("alice",))
+        social.apply(w.state, ("create_group", "<g>", "alice", "/topic/old"))   # made by the old code
+        for line, served, want in (
+                ("create-group nobody #x", Server.APP, "Not login yet"),
+                ("create-group {alice} #x y", Server.APP, "Usage: create-group <user> <group>"),
+                ("create-group {alice} #x", Server.LOGIN, "Send create-group to your application server"),
+                ("create-group {alice} <g>", Server.APP, "Invalid group name: `#`, `<` and `>` are not allowed")):
+            with self.subTest(line=line):
+                self.assertEqual(w.msg(line, served), want)
+
+    def test_existing_names_the_rule_refuses_are_still_looked_up(self):
+        w = World("alice", online=("alice",))
+        social.apply(w.state, ("register", "#evil", "pw"))
+        social.apply(w.state, ("create_group", "<g>", "#evil", "/topic/old"))
+        self.assertEqual(social.check_login(w.state, ("#evil", "pw")), (None, "pw"))
+        w.login("#evil")
+        self.assertEqual(w.msg("invite {alice} #evil"), "Success!")
+        self.assertEqual(w.msg("accept-invite {#evil} alice"), "Success!")
+        self.assertEqual(w.msg("join-group {alice} <g>"), "Success!")
+        self.assertEqual(w.msg("send-group {#evil} <g> hi"), "Success!")
+        self.assertEqual(w.msg("send {alice} #evil hi"), "Success!")
+        self.assertEqual(w.run("list-friend {#evil}").reply["friend"], ["alice"])
+
+
 class RenderTest(unittest.TestCase):
     def test_client_printing(self):
         r = protocol.render
@@ -270,6 +346,15 @@ class RenderTest(unittest.TestCase):
             protocol.decode_line(b"\xff\xfe")
         with self.assertRaises(ValueError):
             protocol.decode_line(b"x" * 8193)
+
+    def test_decode_line_normalises_to_nfc_and_leaves_ascii_alone(self):
+        nfd = "register zoe\u0308 pw\u0301\n".encode("utf-8")
+        self.assertEqual(protocol.decode_line(nfd), Request("register", ("zo\u00eb", "p\u1e83")))
+        self.assertEqual(protocol.decode_line("post t 山田 a\u0308".encode()).words, ("t", "山田", "\u00e4"))
+        printable_ascii = "".join(map(chr, range(0x21, 0x7f)))
+        self.assertEqual(protocol.decode_line(f"{printable_ascii} x".encode()), Request(printable_ascii, ("x",)))
+        # U+00A0 and U+3000 separate words, so no name over TCP can hold them
+        self.assertEqual(protocol.decode_line("login a\u00a0b\u3000c".encode()).words, ("a", "b", "c"))
 
     def test_reply_json_format(self):
         self.assertEqual(protocol.encode(protocol.ok()), b'{"status": 0, "message": "Success!"}\n')
