@@ -58,15 +58,37 @@ class DurabilityTest(unittest.TestCase):
         for a in apps.values():
             a.close()
         c.close()
-        return t
+        return tok
 
-    def check_world(self, port, old_tokens):
+    def check_world(self, port, before):
+        """Everything `build_world` made is there; `before` is its login replies."""
         c = Conn(port)
+        # Sessions survive the restart: every token issued before it is still
+        # accepted by the token-checked commands, on both kinds of server.
+        friends = {"ann": ["ben"], "ben": ["ann"], "cat": []}
+        old_apps = {}
+        for u, r in before.items():
+            where = c.request(f"locate {r['token']}")
+            self.assertEqual(where["status"], 0, (u, where))
+            old_apps[u] = Conn(where["app_server"])
+            self.assertEqual(old_apps[u].request(f"list-friend {r['token']}"),
+                             {"status": 0, "friend": friends[u]}, u)
         t = {}
         for u in ("ann", "ben", "cat"):
             reply = c.request(f"login {u} pw")
             self.assertEqual(reply["status"], 0)
+            # Only a digest of a token is stored, so a login after a restart
+            # rotates the token (keeping the session's queue) ...
+            self.assertNotEqual(reply["token"], before[u]["token"], u)
+            self.assertEqual(reply["queue"], before[u]["queue"], u)
             t[u] = (reply["token"], Conn(reply["app_server"]))
+        # ... and the old token stops working: one session per user.
+        for u, r in before.items():
+            self.assertEqual(old_apps[u].request(f"list-friend {r['token']}"),
+                             {"status": 1, "message": "Not login yet"}, u)
+            self.assertEqual(c.request(f"locate {r['token']}"),
+                             {"status": 1, "message": "Not login yet"}, u)
+            old_apps[u].close()
         self.assertEqual(t["ben"][1].request(f"list-friend {t['ben'][0]}")["friend"], ["ann"])
         self.assertEqual(t["ann"][1].request(f"list-invite {t['ann'][0]}")["invite"], ["cat"])
         self.assertEqual(t["ben"][1].request(f"receive-post {t['ben'][0]}")["post"],
@@ -75,34 +97,26 @@ class DurabilityTest(unittest.TestCase):
         self.assertEqual(t["ann"][1].request(f"list-group {t['ann'][0]}")["group"], ["club"])
         for _, conn in t.values():
             conn.close()
-        # sessions survive too: the old token still works after the restart
         c.close()
 
     def test_restart_keeps_everything_clean_stop(self):
         server = LoginServer().start()
         try:
-            tokens = self.build_world(server.port)
+            before = self.build_world(server.port)
             server.stop()
             server.start()
-            self.check_world(server.port, tokens)
+            self.check_world(server.port, before)
         finally:
             server.cleanup()
 
     def test_restart_keeps_everything_kill_9_and_sessions_survive(self):
         server = LoginServer().start()
         try:
-            tokens = self.build_world(server.port)
+            before = self.build_world(server.port)
             server.kill9()
             server.start()
-            # a token issued before the crash still works (sessions are journaled)
-            c = Conn(server.port)
-            where = c.request(f"locate {tokens['ann']}")
-            self.assertEqual(where["status"], 0)
-            app = Conn(where["app_server"])
-            self.assertEqual(app.request(f"list-friend {tokens['ann']}")["friend"], ["ben"])
-            app.close()
-            c.close()
-            self.check_world(server.port, tokens)
+            # tokens issued before the crash still work (sessions are journaled)
+            self.check_world(server.port, before)
         finally:
             server.cleanup()
 

@@ -379,6 +379,7 @@ class FakeEc2:
         self.lock = threading.Lock()
         self.run_failures = []         # exceptions raised by the next run_instances calls
         self.terminate_failures = []
+        self.terminate_calls = []      # (instance ids, error code or None) of every call
         self.run_gate = None           # threading.Event run_instances waits for
         self.runs, self.terminated, self.instances = [], [], {}
         self.counter = 0
@@ -400,7 +401,11 @@ class FakeEc2:
     def terminate_instances(self, InstanceIds):
         with self.lock:
             if self.terminate_failures:
-                raise self.terminate_failures.pop(0)
+                error = self.terminate_failures.pop(0)
+                code = getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__)
+                self.terminate_calls.append((list(InstanceIds), code))
+                raise error
+            self.terminate_calls.append((list(InstanceIds), None))
             for iid in InstanceIds:
                 self.terminated.append(iid)
                 if iid in self.instances:
@@ -542,11 +547,29 @@ class LauncherUnitTest(unittest.TestCase):
 
     def test_terminate_retries_not_found_right_after_launch(self):
         self.launcher.launch("app-1", "secret")
-        self.assertTrue(self.turn_until(lambda: "app-1" in self.launcher.instances))
+        self.launcher.launch("app-2", "secret")
+        self.assertTrue(self.turn_until(lambda: len(self.launcher.instances) == 2))
+        victim = self.launcher.instances["app-1"].instance_id
+        bystander = self.launcher.instances["app-2"].instance_id
+        # EC2 is eventually consistent: an id run_instances just returned may
+        # be NotFound for a while; then throttled once
         self.fake.terminate_failures = [client_error("InvalidInstanceID.NotFound", "TerminateInstances"),
+                                        client_error("InvalidInstanceID.NotFound", "TerminateInstances"),
                                         client_error("Throttling", "TerminateInstances")]
         self.launcher.terminate("app-1")
-        self.assertTrue(self.turn_until(lambda: self.fake.terminated))
+        self.assertTrue(self.turn_until(lambda: self.fake.terminated),
+                        f"not terminated; calls: {self.fake.terminate_calls}")
+        # the same instance, asked again after each failure, until it went
+        self.assertEqual(self.fake.terminate_calls, [([victim], "InvalidInstanceID.NotFound"),
+                                                     ([victim], "InvalidInstanceID.NotFound"),
+                                                     ([victim], "Throttling"),
+                                                     ([victim], None)])
+        self.assertEqual(self.fake.terminated, [victim])
+        self.assertIn(victim, self.launcher.terminated)
+        self.assertNotIn(victim, self.launcher.terminating)
+        self.assertEqual(set(self.launcher.instances), {"app-2"})
+        self.assertEqual(self.launcher.instances["app-2"].instance_id, bystander)
+        self.assertEqual(self.exits, [])
 
     def test_poll_reports_dead_instances_and_close_terminates(self):
         self.launcher.start()

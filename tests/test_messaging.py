@@ -4,10 +4,11 @@ import os
 import subprocess
 import time
 import unittest
+import uuid
 
 import stomp
 
-from tests.support import ROOT, LoginServer, wait_for
+from tests.support import BROKER, ROOT, LoginServer, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
@@ -76,18 +77,30 @@ class MessagingTest(unittest.TestCase):
         self.assertEqual(len(two.chat), 3)
 
     def test_guessable_destinations_receive_nothing(self):
-        got = []
+        got, receipts = [], set()
 
         class Spy(stomp.ConnectionListener):
             def on_message(self, frame):
-                got.append(frame.body)
+                got.append((frame.headers.get("destination"), frame.body))
 
-        spy = stomp.Connection12([("127.0.0.1", 61613)])
+            def on_receipt(self, frame):
+                receipts.add(frame.headers.get("receipt-id"))
+
+        guesses = ("/queue/bob", "/topic/club", "/queue/alice", "/topic/bob",
+                   "/queue/club", "/topic/alice")
+        # The broker outlives the test and a queue keeps what nobody consumed:
+        # only messages carrying this run's nonce count.
+        nonce = uuid.uuid4().hex
+        host, _, port = BROKER.rpartition(":")
+        spy = stomp.Connection12([(host, int(port))])
         spy.set_listener("spy", Spy())
         spy.connect(wait=True)
-        for i, dest in enumerate(("/queue/bob", "/topic/club", "/queue/alice", "/topic/bob")):
-            spy.subscribe(dest, id=str(i), ack="auto")
         try:
+            for i, dest in enumerate(guesses):
+                spy.subscribe(dest, id=str(i), ack="auto", headers={"receipt": f"spy-sub-{i}"})
+            # every subscription is in place at the broker before anything is sent
+            wanted = {f"spy-sub-{i}" for i in range(len(guesses))}
+            self.assertTrue(wait_for(lambda: wanted <= receipts), f"receipts: {receipts}")
             one = self.client()
             for u in ("alice", "bob"):
                 one.say(f"register {u} pw")
@@ -95,11 +108,21 @@ class MessagingTest(unittest.TestCase):
             self.befriend(one, "alice", "bob")
             one.say("accept-invite bob alice")
             one.say("create-group alice club")
-            self.assertEqual(one.say("send alice bob secret"), "Success!")
-            self.assertEqual(one.say("send-group alice club secret"), "Success!")
-            self.assertEqual(sorted_chat(one, 2), ["<<<alice->GROUP<club>: secret>>>",
-                                                   "<<<alice->bob: secret>>>"])
-            self.assertEqual(got, [])
+            self.assertEqual(one.say(f"send alice bob secret-{nonce}"), "Success!")
+            self.assertEqual(one.say(f"send-group alice club secret-{nonce}"), "Success!")
+            # Success! came after the broker's receipt for each message, so a
+            # canary sent now to each guess is delivered after anything the
+            # spy could have received there: once all canaries are in, so is that.
+            canary = f"canary-{nonce}"
+            for dest in guesses:
+                spy.send(dest, canary)
+            leaked = lambda: [m for m in got if f"secret-{nonce}" in m[1]]   # noqa: E731
+            canaries = lambda: sorted(d for d, b in got if b == canary)     # noqa: E731
+            wait_for(lambda: leaked() or len(canaries()) == len(guesses))
+            self.assertEqual(leaked(), [])
+            self.assertEqual(canaries(), sorted(guesses), "the spy's own canaries did not all come back")
+            self.assertEqual(sorted_chat(one, 2), [f"<<<alice->GROUP<club>: secret-{nonce}>>>",
+                                                   f"<<<alice->bob: secret-{nonce}>>>"])
         finally:
             spy.disconnect()
 
