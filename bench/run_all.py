@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Run every np-social benchmark: `./bench/run` (or `python bench/run_all.py`).
 
-    ./bench/run                 all benchmarks (about 10 minutes on 2 cores)
-    ./bench/run --quick         shorter windows, one round (a smoke run, ~3 min)
+    ./bench/run                 all benchmarks (about 13 minutes on 2 cores)
+    ./bench/run --quick         shorter windows, one round (a smoke run, ~4 min)
     ./bench/run --only login,hub
+    ./bench/run --only snapshot   snapshots vs the tree before (needs a checkout of 93d1b28 at
+                                  /tmp/np-before or $NP_BENCH_SNAPSHOT_BEFORE; see bench_snapshot.py)
 
 Each benchmark prints a table and writes bench/results/NAME.json; the run
 ends with the table of every figure against its target
@@ -23,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 from bench import common  # noqa: E402
 
-ORDER = ("login", "app", "durability", "broker", "hub", "scale", "scaleout")
+ORDER = ("login", "app", "durability", "broker", "hub", "scale", "scaleout", "snapshot")
 
 
 def main(argv):

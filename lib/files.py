@@ -81,12 +81,20 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, sync=True):
-    """Replace `path` with `data`: readers see the old file or the new one."""
+def atomic_write(path, data, sync=True, sync_every=None):
+    """Replace `path` with `data` (bytes, or an iterable of bytes chunks):
+    readers see the old file or the new one. With `sync_every`, written data
+    is flushed to disk every that many bytes, so no large burst builds up."""
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=name + ".", suffix=TEMP_SUFFIX)
     try:
-        write_all(fd, data)
+        unsynced = 0
+        for chunk in ([data] if isinstance(data, (bytes, bytearray)) else data):
+            write_all(fd, chunk)
+            unsynced += len(chunk)
+            if sync and sync_every and unsynced >= sync_every:
+                os.fdatasync(fd)
+                unsynced = 0
         if sync:
             os.fsync(fd)
         os.close(fd)

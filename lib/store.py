@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import signal
+import time
 import zlib
 
 from . import files, social
@@ -52,6 +53,7 @@ log = logging.getLogger("store")
 
 HEADER = "# np-social accounts: ID PASSWORD (salted scrypt record, or plain text written by hand)\n"
 SNAPSHOT_EVERY = 8 * 1024 * 1024   # journal bytes
+SNAPSHOT_SYNC_EVERY = 4 * 1024 * 1024
 _SEGMENT = re.compile(r"journal\.(\d+)\.log\Z")
 
 
@@ -301,6 +303,7 @@ class Store:
         if self.watch_child is None:
             self.snapshot()
             return
+        started = time.monotonic()
         seq = self._rotate()
         # The child serialises the State as of `seq` from its copy-on-write
         # view of memory. Freezing the GC keeps the parent's collector from
@@ -316,6 +319,9 @@ class Store:
         if pid == 0:
             self._snapshot_child(seq, parent)
         self._child = pid
+        self._snapshot_started = started
+        log.debug("snapshot at seq %d: the loop paused %.1f ms to rotate the journal and fork",
+                  seq, (time.monotonic() - started) * 1000)
         self.watch_child(pid, lambda: self._snapshot_child_exited(pid, seq))
 
     def _snapshot_child(self, seq, parent):
@@ -326,6 +332,7 @@ class Store:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             # Keep no client socket open on the server's behalf, and die with it.
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.nice(10)   # the server's requests come first on a busy machine
             if die_with_parent(signal.SIGKILL, parent):
                 self._write_snapshot(seq)
                 code = 0
@@ -345,7 +352,7 @@ class Store:
         gc.unfreeze()
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
-            self._snapshot_done(seq)
+            self._snapshot_done(seq, time.monotonic() - self._snapshot_started)
         else:
             log.error("snapshot at seq %d failed (child exit %d); the journal keeps every "
                       "write, next try after %d more bytes", seq, code, self.snapshot_every)
@@ -366,17 +373,20 @@ class Store:
         return seq
 
     def _write_snapshot(self, seq):
-        data = json.dumps(state_to_json(self.state, seq), ensure_ascii=False).encode("utf-8")
-        files.atomic_write(self.snapshot_path, data, self.fsync)
+        # Synced every few MiB (Redis: rdb-save-incremental-fsync): one big
+        # fsync at the end would flood the disk, and the server's own journal
+        # fdatasync, which every reply waits for, would queue behind it.
+        files.atomic_write(self.snapshot_path, snapshot_chunks(self.state, seq), self.fsync,
+                           sync_every=SNAPSHOT_SYNC_EVERY)
 
-    def _snapshot_done(self, seq):
+    def _snapshot_done(self, seq, took=None):
         """The snapshot at `seq` is on disk: drop the journals it covers."""
         for last, path in self._segments():
             if last <= seq:
                 os.unlink(path)
         files.fsync_dir(self.dir)
         self.snapshots += 1
-        log.info("snapshot at seq %d", seq)
+        log.info("snapshot at seq %d%s", seq, f" (written by a child in {took:.1f} s)" if took else "")
 
     def close(self):
         if self._journal is None:
@@ -400,19 +410,43 @@ class Store:
 
 
 # -- snapshot format -------------------------------------------------------------
-def state_to_json(state, seq):
-    return {
-        "seq": seq,
-        "users": [{
-            "name": u.name, "password": u.password, "invites": list(u.invites),
+def _user_json(u):
+    return {"name": u.name, "password": u.password, "invites": list(u.invites),
             "accepted_by_me": list(u.accepted_by_me), "accepted_mine": list(u.accepted_mine),
-            "posts": u.posts, "joined": list(u.joined),
-        } for u in state.users.values()],
-        "groups": [{"name": g.name, "topic": g.topic, "members": list(g.members)}
-                   for g in state.groups.values()],
-        "sessions": [{"user": s.user, "digest": s.digest, "queue": s.queue}
-                     for s in state.sessions.values()],
-    }
+            "posts": u.posts, "joined": list(u.joined)}
+
+
+_SECTIONS = (   # snapshot.json's lists: (key, State attribute, record of one item)
+    ("users", "users", _user_json),
+    ("groups", "groups", lambda g: {"name": g.name, "topic": g.topic, "members": list(g.members)}),
+    ("sessions", "sessions", lambda s: {"user": s.user, "digest": s.digest, "queue": s.queue}),
+)
+
+
+def state_to_json(state, seq):
+    return {"seq": seq, **{key: [record(x) for x in getattr(state, attr).values()]
+                           for key, attr, record in _SECTIONS}}
+
+
+def snapshot_chunks(state, seq, size=1 << 20):
+    """snapshot.json as UTF-8 chunks of about `size` bytes: the same document
+    as json.dumps(state_to_json(...)), one record encoded at a time, so the
+    writer never holds the whole text and can sync as it goes."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    buf = [f'{{"seq": {seq}']
+    held = 0
+    for key, attr, record in _SECTIONS:
+        buf.append(f', "{key}": [')
+        for i, item in enumerate(getattr(state, attr).values()):
+            text = encode(record(item))
+            buf.append(", " + text if i else text)
+            held += len(text)
+            if held >= size:
+                yield "".join(buf).encode("utf-8")
+                buf, held = [], 0
+        buf.append("]")
+    buf.append("}")
+    yield "".join(buf).encode("utf-8")
 
 
 def state_from_json(data):

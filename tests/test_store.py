@@ -165,6 +165,17 @@ class SnapshotTest(unittest.TestCase):
         self.assertEqual(s2.state.users["u1"].posts, ["during the snapshot"])
         s2.close()
 
+    def test_streamed_snapshot_is_the_same_document(self):
+        s = Store(self.dir).open()
+        s.record([("register", f"u{i}", 'p"é') for i in range(50)] +
+                 [("post", "u1", "ü" * 3000), ("invite", "u1", "u2"), ("accept", "u1", "u2"),
+                  ("create_group", "g", "u3", "/topic/t"), ("login", "u4", "digest", "/queue/q")])
+        whole = json.dumps(store_module.state_to_json(s.state, s.seq), ensure_ascii=False)
+        for size in (1, 100, 1 << 20):
+            streamed = b"".join(store_module.snapshot_chunks(s.state, s.seq, size=size))
+            self.assertEqual(streamed.decode("utf-8"), whole)
+        s.close()
+
     def test_a_failed_snapshot_keeps_every_write_in_the_rotated_journals(self):
         r = Reactor()
         s = self.forked_store(r)
