@@ -217,9 +217,10 @@ class Reactor:
             self._guard(callback, *args)
         for hook in self._before_sleep:   # phase 2: hooks, then output
             hook()
-        pending, self._output = self._output, {}
-        for callback in pending:
-            self._guard(callback)
+        if self._output:
+            pending, self._output = self._output, {}
+            for callback in pending:
+                self._guard(callback)
         for fd, entry in writable:
             # Still the same registration (the fd may have been closed and
             # reused during the turn) and still wanting to write?
@@ -277,6 +278,7 @@ class LineConnection:
         self._discarding = False
         self._reading = True         # registered for reading with the reactor
         self._writing = False        # registered for writing with the reactor
+        self._flush_cb = self._flush   # one bound method: a cheap key in the reactor's output set
         sock.setblocking(False)
         reactor.add_reader(sock, self._on_readable)
         self._arm_idle()
@@ -415,11 +417,11 @@ class LineConnection:
         if self.closed:
             return
         self.outbuf += data
-        self.reactor.want_output(self._flush)
+        self.reactor.want_output(self._flush_cb)
 
     def close_after_flush(self):
         self._close_when_flushed = True
-        self.reactor.want_output(self._flush)
+        self.reactor.want_output(self._flush_cb)
 
     def _flush(self):
         # Runs in the output phase, so it only moves bytes: a connection that
