@@ -11,10 +11,11 @@ import socket
 import sys
 import time
 
-from lib import applink
-from lib.app_service import AppService
-from lib.process import die_with_parent
-from lib.reactor import Reactor, raise_fd_limit
+from lib.social import applink
+from lib.social.app_service import AppService
+from lib.loop.process import die_with_parent
+from lib.loop.reactor import Reactor
+from lib.loop.transports import raise_fd_limit
 
 
 def parse_args(argv):
@@ -50,7 +51,7 @@ def connect_login(address, deadline=30.0):
 
 def make_publisher(reactor, address):
     try:
-        from lib import broker
+        from lib.messaging import broker
     except ImportError:
         return None
     host, port = broker.parse_address(address)

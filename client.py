@@ -9,10 +9,10 @@ import sys
 
 def main(argv):
     if argv and argv[0] == "--udp":
-        from lib import udp_client
-        return udp_client.main(argv[1:])
-    from lib import tcp_client
-    return tcp_client.main(argv)
+        from lib.clients import udp
+        return udp.main(argv[1:])
+    from lib.clients import tcp
+    return tcp.main(argv)
 
 
 if __name__ == "__main__":

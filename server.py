@@ -6,13 +6,14 @@ import os
 import signal
 import sys
 
-from lib import applink
-from lib.fleet import Fleet
-from lib.login_service import LoginService
-from lib.files import UnsafePath
-from lib.process import watch_exit
-from lib.reactor import Reactor, raise_fd_limit
-from lib.store import SNAPSHOT_EVERY, Store, StoreError, StoreFailure
+from lib.social import applink
+from lib.fleet.pool import Fleet
+from lib.social.login_service import LoginService
+from lib.social.files import UnsafePath
+from lib.loop.process import watch_exit
+from lib.loop.reactor import Reactor
+from lib.loop.transports import raise_fd_limit
+from lib.social.store import SNAPSHOT_EVERY, Store, StoreError, StoreFailure
 
 # Exit status when a write to the data directory failed (docs/durability.md).
 EXIT_STORE_FAILED = 3
@@ -49,7 +50,7 @@ def parse_args(argv):
                    help="do not fsync (benchmarks only: a crash may lose acknowledged writes)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     try:
-        from lib.launchers import ec2
+        from lib.fleet.launchers import ec2
         ec2.add_arguments(p)
     except ImportError:
         pass
@@ -66,9 +67,9 @@ def make_launcher(args, reactor, internal_address):
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if args.launcher == "ec2":
-        from lib.launchers import ec2
+        from lib.fleet.launchers import ec2
         return ec2.make(args, reactor, internal_address)
-    from lib.launchers.local import LocalLauncher
+    from lib.fleet.launchers.local import LocalLauncher
     return LocalLauncher(reactor, (host, port), args.host, broker=args.broker)
 
 
@@ -123,7 +124,7 @@ def main(argv=None):
     try:
         reactor.run()
     except StoreFailure as e:
-        # The turn's replies were never sent (see lib/reactor.py); stop the
+        # The turn's replies were never sent (see lib/loop/reactor.py); stop the
         # fleet and exit rather than acknowledge writes the disk refused.
         logging.getLogger("login").critical("%s; stopping so that no unsaved write is "
                                             "acknowledged", e)

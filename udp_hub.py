@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """UDP hub: clients log in with a password and message each other through it.
 
-Thin main: argparse and wiring; the driver is lib/hub_server.py, the session
-state machine lib/hub.py. The accounts file (users.txt format) is re-read when it
+Thin main: argparse and wiring; the driver is lib/hub/server.py, the session
+state machine lib/hub/session.py. The accounts file (users.txt format) is re-read when it
 changes. Protocol: shared/spec/UDP-HUB.md; overview: docs/udp-hub.md.
 """
 import argparse
@@ -13,9 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lib import hub  # noqa: E402
-from lib.hub_server import DEFAULT_USERS, HubServer  # noqa: E402
-from lib.reactor import Reactor  # noqa: E402
+from lib.hub import session as hub  # noqa: E402
+from lib.hub.server import DEFAULT_USERS, HubServer  # noqa: E402
+from lib.loop.reactor import Reactor  # noqa: E402
 
 log = logging.getLogger("udp_hub")
 

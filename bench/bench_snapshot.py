@@ -82,7 +82,7 @@ TROUBLE_LINE = re.compile(rb"Traceback|\b(?:ERROR|CRITICAL)\b")
 
 def build_state(path, users=USERS, posts=POSTS_PER_USER, chars=POST_CHARS):
     """Write snapshot.json (the store's format: see state_to_json in
-    lib/store.py) and users.txt for `users` accounts, each with `posts` posts
+    lib/social/store.py) and users.txt for `users` accounts, each with `posts` posts
     of `chars` characters, into the directory `path`. Returns its facts."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     words = ("np social snapshot journal state loop fork child post friend group "

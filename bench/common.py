@@ -28,8 +28,8 @@ HOST = "127.0.0.1"
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from lib import passwords  # noqa: E402
-from lib.reactor import raise_fd_limit  # noqa: E402
+from lib.accounts import passwords  # noqa: E402
+from lib.loop.transports import raise_fd_limit  # noqa: E402
 from tests.support import (Conn, LoginServer, children, free_port, login_many, stop_process,  # noqa: E402,F401
                            wait_for, wait_port)
 

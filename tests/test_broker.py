@@ -1,4 +1,4 @@
-"""lib/broker.py and scripts/activemq.sh against the real ActiveMQ on 127.0.0.1.
+"""lib/messaging/broker.py and scripts/activemq.sh against the real ActiveMQ on 127.0.0.1.
 
 Each BrokerLink runs on its own Reactor in a background thread of this test
 process (as the app server and the client would in theirs); the test thread
@@ -18,8 +18,8 @@ import stomp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lib import broker  # noqa: E402
-from lib.reactor import Reactor  # noqa: E402
+from lib.messaging import broker  # noqa: E402
+from lib.loop.reactor import Reactor  # noqa: E402
 from tests.support import wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "activemq.sh")

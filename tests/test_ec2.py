@@ -1,4 +1,4 @@
-"""The EC2 launcher (lib/launchers/ec2.py) end to end, against moto's EC2 server.
+"""The EC2 launcher (lib/fleet/launchers/ec2.py) end to end, against moto's EC2 server.
 
 AWS is out of reach: `python -m moto.server` on 127.0.0.1 holds the API state,
 tests/cloudsim.py plays the instances (it runs each one's user-data with bash
@@ -41,8 +41,8 @@ os.environ.update(AWS_ENV)   # this process too: never any real credentials or I
 import boto3  # noqa: E402
 from botocore.exceptions import ClientError, EndpointConnectionError  # noqa: E402
 
-from lib.launchers import ec2  # noqa: E402
-from lib.reactor import Reactor  # noqa: E402
+from lib.fleet.launchers import ec2  # noqa: E402
+from lib.loop.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
 from tests.support import stop_process, wait_for  # noqa: E402
 

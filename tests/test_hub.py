@@ -6,10 +6,12 @@ has a test named after it.
 import itertools
 import unittest
 
-from lib import hub, hub_server, names, passwords
-from lib.hub import (CancelTimer, Login, LoginFailed, LogoffFailed, Logoff, Malformed, Message,
+from lib.accounts import names, passwords
+from lib.hub import server as hub_server
+from lib.hub import session as hub
+from lib.hub.session import (CancelTimer, Login, LoginFailed, LogoffFailed, Logoff, Malformed, Message,
                      Receipt, Reply, Send, SessionState, SetTimer, TokenAck, Verify)
-from lib.udp_client import Client, ClientState, Print
+from lib.clients.udp import Client, ClientState, Print
 
 A_ADDR = ("127.0.0.1", 40001)
 B_ADDR = ("127.0.0.1", 40002)
@@ -593,7 +595,7 @@ class FullExchangeTest(unittest.TestCase):
 
 
 class NameRuleTest(HubTestCase):
-    """Ids frame by lib/names.py's delimiters and length, compare in NFC, and
+    """Ids frame by lib/accounts/names.py's delimiters and length, compare in NFC, and
     accounts the rule refuses still load (and log in), with one warning."""
 
     def test_id_framing_follows_the_name_rule(self):

@@ -1,8 +1,8 @@
-"""The name rule (lib/names.py), without sockets: every rule, with the exact
+"""The name rule (lib/accounts/names.py), without sockets: every rule, with the exact
 reason a user is shown."""
 import unittest
 
-from lib import names
+from lib.accounts import names
 
 DELIMS = "`#`, `<` and `>` are not allowed"
 INVISIBLE = "control or invisible characters are not allowed"

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 import unittest
 
-from lib import passwords, store
+from lib.accounts import passwords
+from lib.social import store
 from tests.support import Conn, LoginServer
 
 OK = {"status": 0, "message": "Success!"}
@@ -94,7 +95,7 @@ class NameRuleLiveTest(unittest.TestCase):
 
 class LegacyNameLiveTest(unittest.TestCase):
     """`register #evil pw` answered `Success!` before the rule existed; the
-    account must keep logging in, across restarts (needs lib/store.py to keep
+    account must keep logging in, across restarts (needs lib/social/store.py to keep
     names that users.txt cannot hold)."""
 
     def legacy_data(self, users_txt):

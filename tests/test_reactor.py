@@ -4,7 +4,8 @@ import threading
 import time
 import unittest
 
-from lib.reactor import LineConnection, Reactor
+from lib.loop.reactor import Reactor
+from lib.loop.transports import LineConnection
 
 
 class RecordingSocket:

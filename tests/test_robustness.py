@@ -5,7 +5,7 @@ import socket
 import time
 import unittest
 
-from lib.reactor import raise_fd_limit
+from lib.loop.transports import raise_fd_limit
 from tests.support import Conn, LoginServer, login
 
 BAD = {"status": 1, "message": "Bad request"}

@@ -3,11 +3,11 @@ priority order (PROTOCOL.md §3-§4), and the orders the course's answers need."
 import itertools
 import unittest
 
-from lib import protocol, social
-from lib.protocol import Request, Server
+from lib.social import commands, protocol
+from lib.social.protocol import Request, Server
 
 
-class FixedContext(social.Context):
+class FixedContext(commands.Context):
     def __init__(self):
         self.n = itertools.count(1)
 
@@ -25,7 +25,7 @@ class World:
     """A State driven only through the pure functions, as the servers do."""
 
     def __init__(self, *users, online=()):
-        self.state, self.ctx, self.tok = social.State(), FixedContext(), {}
+        self.state, self.ctx, self.tok = commands.State(), FixedContext(), {}
         for user in users:
             self.register(user)
         for user in online:
@@ -33,22 +33,22 @@ class World:
 
     def apply(self, outcome):
         for mutation in outcome.mutations:
-            social.apply(self.state, mutation)
+            commands.apply(self.state, mutation)
         return outcome
 
     def register(self, name, password="pw"):
-        return self.apply(social.finish_register(self.state, name, password)).reply
+        return self.apply(commands.finish_register(self.state, name, password)).reply
 
     def login(self, name):
         known = self.tok.get(name)
-        reply = self.apply(social.finish_login(self.state, name, True, self.ctx, known)).reply
+        reply = self.apply(commands.finish_login(self.state, name, True, self.ctx, known)).reply
         self.tok[name] = reply["token"]
         return reply
 
     def run(self, line, served_by=Server.APP):
         """`line` names users as {alice}; they become alice's token."""
         words = line.format_map(_Tokens(self.tok)).split()
-        return self.apply(social.handle(self.state, Request(words[0], tuple(words[1:])),
+        return self.apply(commands.handle(self.state, Request(words[0], tuple(words[1:])),
                                         self.ctx, served_by))
 
     def msg(self, line, served_by=Server.APP):
@@ -76,22 +76,22 @@ class PriorityTest(unittest.TestCase):
     def test_register(self):
         w = World("alice")
         for args in ((), ("a",), ("a", "b", "c"), ("alice", "x", "y")):
-            self.assertEqual(social.check_register(w.state, args)["message"],
+            self.assertEqual(commands.check_register(w.state, args)["message"],
                              "Usage: register <username> <password>")
-        self.assertEqual(social.check_register(w.state, ("alice", "x"))["message"], "alice is already used")
-        self.assertIsNone(social.check_register(w.state, ("zed", "x")))
+        self.assertEqual(commands.check_register(w.state, ("alice", "x"))["message"], "alice is already used")
+        self.assertIsNone(commands.check_register(w.state, ("zed", "x")))
         self.assertEqual(w.register("zed"), {"status": 0, "message": "Success!"})
         # a race lost while hashing
-        self.assertEqual(social.finish_register(w.state, "zed", "h").reply["message"], "zed is already used")
+        self.assertEqual(commands.finish_register(w.state, "zed", "h").reply["message"], "zed is already used")
 
     def test_login(self):
         w = World("alice")
         for args in ((), ("a",), ("alice", "pw", "x")):
-            self.assertEqual(social.check_login(w.state, args)[0]["message"], "Usage: login <id> <password>")
-        self.assertEqual(social.check_login(w.state, ("nobody", "pw")), (None, None))
-        self.assertEqual(social.check_login(w.state, ("alice", "pw")), (None, "pw"))
+            self.assertEqual(commands.check_login(w.state, args)[0]["message"], "Usage: login <id> <password>")
+        self.assertEqual(commands.check_login(w.state, ("nobody", "pw")), (None, None))
+        self.assertEqual(commands.check_login(w.state, ("alice", "pw")), (None, "pw"))
         for name, matched in (("alice", False), ("nobody", True)):
-            self.assertEqual(social.finish_login(w.state, name, matched, w.ctx).reply,
+            self.assertEqual(commands.finish_login(w.state, name, matched, w.ctx).reply,
                              {"status": 1, "message": "No such user or password error"})
 
     def test_token_then_usage_for_every_token_command(self):
@@ -239,7 +239,7 @@ class PriorityTest(unittest.TestCase):
         self.assertEqual(first["token"], again["token"])
         self.assertEqual(first["queue"], again["queue"])
         # after a restart the plaintext token is gone: a new one, same queue
-        rotated = w.apply(social.finish_login(w.state, "alice", True, w.ctx, known_token=None)).reply
+        rotated = w.apply(commands.finish_login(w.state, "alice", True, w.ctx, known_token=None)).reply
         self.assertNotEqual(rotated["token"], first["token"])
         self.assertEqual(rotated["queue"], first["queue"])
         self.assertIsNone(w.state.user_for_token(first["token"]))
@@ -252,7 +252,7 @@ class PriorityTest(unittest.TestCase):
 
 
 class NameRuleTest(unittest.TestCase):
-    """register and create-group refuse what lib/names.py refuses, with a
+    """register and create-group refuse what lib/accounts/names.py refuses, with a
     clear status-1 reply and no mutation; names that exist are only looked up."""
     REFUSED = {   # name -> reason shown after "Invalid username: " / "Invalid group name: "
         "#evil": "`#`, `<` and `>` are not allowed",
@@ -272,21 +272,21 @@ class NameRuleTest(unittest.TestCase):
         before = dict(w.state.users)
         for name, reason in self.REFUSED.items():
             with self.subTest(name=name):
-                self.assertEqual(social.check_register(w.state, (name, "pw")),
+                self.assertEqual(commands.check_register(w.state, (name, "pw")),
                                  {"status": 1, "message": f"Invalid username: {reason}"})
         self.assertEqual(w.state.users, before)
         for name in ("zo\u00eb", "山田", "\u0430\u043b\u0438\u0441\u0430", "x" * 64):
             with self.subTest(name=name):
-                self.assertIsNone(social.check_register(w.state, (name, "pw")))
+                self.assertIsNone(commands.check_register(w.state, (name, "pw")))
 
     def test_register_order_usage_then_name_then_already_used(self):
         w = World()
-        social.apply(w.state, ("register", "#evil", "pw"))   # made by the old code
-        self.assertEqual(social.check_register(w.state, ("#evil",))["message"],
+        commands.apply(w.state, ("register", "#evil", "pw"))   # made by the old code
+        self.assertEqual(commands.check_register(w.state, ("#evil",))["message"],
                          "Usage: register <username> <password>")
-        self.assertEqual(social.check_register(w.state, ("#evil", "pw", "x"))["message"],
+        self.assertEqual(commands.check_register(w.state, ("#evil", "pw", "x"))["message"],
                          "Usage: register <username> <password>")
-        self.assertEqual(social.check_register(w.state, ("#evil", "pw"))["message"],
+        self.assertEqual(commands.check_register(w.state, ("#evil", "pw"))["message"],
                          "Invalid username: `#`, `<` and `>` are not allowed")
 
     def test_create_group_refuses_with_the_reason_and_records_nothing(self):
@@ -294,7 +294,7 @@ class NameRuleTest(unittest.TestCase):
         token = w.tok["alice"]
         for name, reason in self.REFUSED.items():
             with self.subTest(name=name):
-                out = social.handle(w.state, Request("create-group", (token, name)), w.ctx, Server.APP)
+                out = commands.handle(w.state, Request("create-group", (token, name)), w.ctx, Server.APP)
                 self.assertEqual(out.reply, {"status": 1, "message": f"Invalid group name: {reason}"})
                 self.assertEqual(out.mutations, [])
                 self.assertIsNone(out.effect)
@@ -304,7 +304,7 @@ class NameRuleTest(unittest.TestCase):
 
     def test_create_group_order(self):
         w = World("alice", online=("alice",))
-        social.apply(w.state, ("create_group", "<g>", "alice", "/topic/old"))   # made by the old code
+        commands.apply(w.state, ("create_group", "<g>", "alice", "/topic/old"))   # made by the old code
         for line, served, want in (
                 ("create-group nobody #x", Server.APP, "Not login yet"),
                 ("create-group {alice} #x y", Server.APP, "Usage: create-group <user> <group>"),
@@ -315,9 +315,9 @@ class NameRuleTest(unittest.TestCase):
 
     def test_existing_names_the_rule_refuses_are_still_looked_up(self):
         w = World("alice", online=("alice",))
-        social.apply(w.state, ("register", "#evil", "pw"))
-        social.apply(w.state, ("create_group", "<g>", "#evil", "/topic/old"))
-        self.assertEqual(social.check_login(w.state, ("#evil", "pw")), (None, "pw"))
+        commands.apply(w.state, ("register", "#evil", "pw"))
+        commands.apply(w.state, ("create_group", "<g>", "#evil", "/topic/old"))
+        self.assertEqual(commands.check_login(w.state, ("#evil", "pw")), (None, "pw"))
         w.login("#evil")
         self.assertEqual(w.msg("invite {alice} #evil"), "Success!")
         self.assertEqual(w.msg("accept-invite {#evil} alice"), "Success!")

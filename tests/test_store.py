@@ -9,11 +9,11 @@ import time
 import unittest
 from unittest import mock
 
-from lib import store as store_module
-from lib.files import UnsafePath
-from lib.process import watch_exit
-from lib.reactor import Reactor
-from lib.store import Store, StoreError, StoreFailure
+from lib.social import store as store_module
+from lib.social.files import UnsafePath
+from lib.loop.process import watch_exit
+from lib.loop.reactor import Reactor
+from lib.social.store import Store, StoreError, StoreFailure
 
 
 class StoreTest(unittest.TestCase):
@@ -120,7 +120,7 @@ class WriteFailureTest(unittest.TestCase):
 
     def test_failed_users_txt_append_is_a_failure_too(self):
         s = Store(self.dir).open()
-        with mock.patch("lib.files.write_all", side_effect=OSError(errno.EDQUOT, "Disk quota exceeded")):
+        with mock.patch("lib.social.files.write_all", side_effect=OSError(errno.EDQUOT, "Disk quota exceeded")):
             s.record([("register", "a", "x")])
             with self.assertRaises(StoreFailure) as caught:
                 s.commit()

@@ -10,7 +10,7 @@ import tempfile
 import time
 import unittest
 
-from lib import passwords
+from lib.accounts import passwords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable

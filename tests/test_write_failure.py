@@ -10,7 +10,7 @@ import resource
 import subprocess
 import unittest
 
-from lib.store import Store
+from lib.social.store import Store
 from tests import support
 
 LIMIT = 256 * 1024      # bytes any file of the server may grow to

@@ -12,9 +12,10 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from . import applink, protocol
-from .protocol import COMMANDS, Server
-from .reactor import LineConnection, LineReader, Reactor
+from lib.social import applink, protocol
+from lib.social.protocol import COMMANDS, Server
+from lib.loop.reactor import Reactor
+from lib.loop.transports import LineConnection, LineReader
 
 log = logging.getLogger("client")
 
@@ -362,7 +363,7 @@ class TcpClient:
 
     def _start_broker(self, address):
         try:
-            from . import broker
+            from lib.messaging import broker
         except ImportError:
             return
         host, port = broker.parse_address(address or "127.0.0.1:61613")

@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import applink
+from lib.social import applink
 
 log = logging.getLogger("launcher.ec2")
 

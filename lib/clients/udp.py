@@ -14,9 +14,11 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from lib import hub
-from lib.hub import SERVER, CancelTimer, Send, SetTimer
-from lib.reactor import LineReader, Reactor, TimerTable
+from lib.hub import session as hub
+from lib.hub.session import SERVER, CancelTimer, Send, SetTimer
+from lib.loop.reactor import Reactor
+from lib.loop.timers import TimerTable
+from lib.loop.transports import LineReader
 
 log = logging.getLogger("udp_client")
 

@@ -6,11 +6,13 @@ import os
 import socket
 import time
 
-from . import hub, names, passwords
-from .reactor import TimerTable
+from lib import ROOT
+from lib.accounts import names, passwords
+from lib.hub import session as hub
+from lib.loop.timers import TimerTable
 
 log = logging.getLogger("udp_hub")
-DEFAULT_USERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "users.txt")
+DEFAULT_USERS = os.path.join(ROOT, "users.txt")
 WATCH_INTERVAL = 1.0  # seconds between checks of the accounts file
 MAX_NAMED = 20        # refused ids named in the load warning
 

@@ -15,10 +15,11 @@ import hmac
 import logging
 import os
 
-from . import applink, passwords, protocol, social
-from .protocol import Server, fail
-from .reactor import LineConnection, Listener
-from .request_server import RequestServer
+from lib.accounts import passwords
+from lib.social import applink, commands, protocol
+from lib.social.protocol import Server, fail
+from lib.loop.transports import LineConnection, Listener
+from lib.social.request_server import RequestServer
 
 log = logging.getLogger("login")
 
@@ -32,7 +33,7 @@ class LoginService:
                  conn_idle=300.0):
         self.reactor, self.store, self.fleet = reactor, store, fleet
         self.broker = broker
-        self.ctx = ctx or social.Context()
+        self.ctx = ctx or commands.Context()
         self.conn_idle = conn_idle
         self.tokens = {}                # user -> token issued by this process (memory only)
         self._pw_cache = {}             # user -> (stored, keyed digest of the verified password)
@@ -61,7 +62,7 @@ class LoginService:
         if special:
             special(self, conn, request)
         else:
-            outcome = social.handle(self.state, request, self.ctx, Server.LOGIN)
+            outcome = commands.handle(self.state, request, self.ctx, Server.LOGIN)
             self._complete(conn, outcome)
 
     def _reply(self, conn, reply):
@@ -118,7 +119,7 @@ class LoginService:
 
     # register and login hash off the loop -----------------------------------------
     def _register(self, conn, request):
-        reply = social.check_register(self.state, request.words)
+        reply = commands.check_register(self.state, request.words)
         name = request.words[0] if request.words else None
         if reply is None and name in self._pending_register:
             reply = fail(f"{name} is already used")
@@ -134,12 +135,12 @@ class LoginService:
                 log.error("hashing failed: %s", error)
                 self._reply(conn, fail("Internal error, try again"))
                 return
-            self._complete(conn, social.finish_register(self.state, name, stored))
+            self._complete(conn, commands.finish_register(self.state, name, stored))
 
         self.reactor.run_in_thread(passwords.hash_password, request.words[1], done=hashed)
 
     def _login(self, conn, request):
-        reply, stored = social.check_login(self.state, request.words)
+        reply, stored = commands.check_login(self.state, request.words)
         if reply is not None:
             self._reply(conn, reply)
             return
@@ -171,7 +172,7 @@ class LoginService:
             # changed meanwhile (logout, delete, another login of this user).
             user = self.state.users.get(name)
             known = self.tokens.get(name) if user and user.session else None
-            outcome = social.finish_login(self.state, name, matched, self.ctx, known_token=known)
+            outcome = commands.finish_login(self.state, name, matched, self.ctx, known_token=known)
             self.store.record(outcome.mutations)
             if outcome.reply.get("token"):
                 self.tokens[name] = outcome.reply["token"]
@@ -230,7 +231,7 @@ class LoginService:
         elif request.command is not None and not request.command.token:
             reply, publish = fail(f"Send {request.name} to the login server"), None
         else:
-            outcome = social.handle(self.state, request, self.ctx, Server.APP)
+            outcome = commands.handle(self.state, request, self.ctx, Server.APP)
             self.store.record(outcome.mutations)
             reply = outcome.reply
             publish = list(outcome.effect[1:]) if outcome.effect and outcome.effect[0] == "publish" else None

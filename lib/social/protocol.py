@@ -7,7 +7,7 @@ import enum
 import json
 from dataclasses import dataclass
 
-from . import names
+from lib.accounts import names
 
 MAX_REQUEST = 8192
 BAD_REQUEST = "Bad request"

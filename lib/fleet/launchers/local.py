@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 
-from ..process import watch_exit
+from lib import ROOT
+from lib.loop.process import watch_exit
 
 log = logging.getLogger("launcher.local")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class LocalLauncher:

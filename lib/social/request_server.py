@@ -1,8 +1,8 @@
 """Client-facing TCP service shared by the login and application servers:
 accepts connections, frames lines, answers `Bad request` for over-long or
 non-UTF-8 lines, and hands each decoded request to `on_request(conn, request)`."""
-from . import protocol
-from .reactor import LineConnection, Listener
+from lib.social import protocol
+from lib.loop.transports import LineConnection, Listener
 
 
 class RequestServer:

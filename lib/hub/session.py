@@ -17,7 +17,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lib import names, passwords
+from lib.accounts import names, passwords
 
 log = logging.getLogger("hub")
 

@@ -13,8 +13,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
-from . import names, protocol
-from .protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
+from lib.accounts import names
+from lib.social import protocol
+from lib.social.protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
 
 
 class User:

@@ -45,9 +45,9 @@ import signal
 import time
 import zlib
 
-from . import files, social
-from .passwords import parse_accounts
-from .process import die_with_parent
+from lib.social import commands, files
+from lib.accounts.passwords import parse_accounts
+from lib.loop.process import die_with_parent
 
 log = logging.getLogger("store")
 
@@ -92,7 +92,7 @@ def _unframe(line):
         if int(crc, 16) != zlib.crc32(body.encode("utf-8")):
             return None
         record = json.loads(body)
-        return record if record[1] in social.MUTATIONS else None
+        return record if record[1] in commands.MUTATIONS else None
     except (ValueError, IndexError, TypeError, RecursionError):
         return None
 
@@ -120,7 +120,7 @@ class Store:
         self.fsync = fsync
         self.snapshot_every = snapshot_every
         self.watch_child = watch_child
-        self.state = social.State()
+        self.state = commands.State()
         self.seq = 0
         self.users_path = os.path.join(self.dir, "users.txt")
         self.journal_path = os.path.join(self.dir, "journal.log")
@@ -207,7 +207,7 @@ class Store:
             seq, mutation = record[0], record[1:]
             if seq <= self.seq:
                 continue
-            social.apply(self.state, tuple(mutation))
+            commands.apply(self.state, tuple(mutation))
             self.seq = seq
             replayed += 1
         if good_end < len(raw):
@@ -238,7 +238,7 @@ class Store:
     def record(self, mutations):
         """Apply mutations to the State now and queue them for the turn's commit."""
         for mutation in mutations:
-            social.apply(self.state, mutation)
+            commands.apply(self.state, mutation)
             self.seq += 1
             self._journal_buf += _frame(self.seq, mutation)
             kind = mutation[0]
@@ -450,9 +450,9 @@ def snapshot_chunks(state, seq, size=1 << 20):
 
 
 def state_from_json(data):
-    state = social.State()
+    state = commands.State()
     for d in data["users"]:
-        user = state.users[d["name"]] = social.User(d["name"], d["password"])
+        user = state.users[d["name"]] = commands.User(d["name"], d["password"])
         user.invites = dict.fromkeys(d["invites"])
         user.accepted_by_me = dict.fromkeys(d["accepted_by_me"])
         user.accepted_mine = dict.fromkeys(d["accepted_mine"])
@@ -462,9 +462,9 @@ def state_from_json(data):
         for inviter in user.invites:
             state.users[inviter].invited[user.name] = None
     for d in data["groups"]:
-        state.groups[d["name"]] = social.Group(d["name"], d["topic"], dict.fromkeys(d["members"]))
+        state.groups[d["name"]] = commands.Group(d["name"], d["topic"], dict.fromkeys(d["members"]))
     for d in data["sessions"]:
-        session = social.Session(d["user"], d["digest"], d["queue"])
+        session = commands.Session(d["user"], d["digest"], d["queue"])
         state.sessions[session.digest] = session
         state.users[session.user].session = session
     return state

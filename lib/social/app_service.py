@@ -10,10 +10,10 @@ connection handles one request at a time, so replies keep their order.
 import itertools
 import logging
 
-from . import applink, protocol
-from .protocol import fail
-from .reactor import LineConnection
-from .request_server import RequestServer
+from lib.social import applink, protocol
+from lib.social.protocol import fail
+from lib.loop.transports import LineConnection
+from lib.social.request_server import RequestServer
 
 log = logging.getLogger("app")
 
@@ -24,7 +24,7 @@ BROKER_DOWN = "Message service unavailable, try again later"
 class AppService:
     def __init__(self, reactor, server_id, publisher=None, conn_idle=300.0, on_link_lost=None):
         self.reactor, self.id = reactor, server_id
-        self.publisher = publisher        # lib.broker.BrokerLink or None
+        self.publisher = publisher        # lib.messaging.broker.BrokerLink or None
         self.conn_idle = conn_idle
         self.on_link_lost = on_link_lost
         self.link = None

@@ -1,0 +1,1 @@
+"""The clients: TCP social service (./client HOST PORT) and UDP hub (--udp)."""

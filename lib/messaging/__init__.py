@@ -1,0 +1,1 @@
+"""Messaging between servers: the ActiveMQ link over STOMP (stomp.py)."""
