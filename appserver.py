@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from lib.social import applink
+from lib.loop.address import parse_address
 from lib.social.app_service import AppService
 from lib.loop.process import die_with_parent
 from lib.loop.reactor import Reactor
@@ -77,7 +77,7 @@ def main(argv=None):
     service = AppService(reactor, args.id, publisher=publisher, on_link_lost=reactor.stop)
     host, port = service.listen(args.host, args.port)
     advertise = args.advertise if args.advertise is not None else host
-    sock = connect_login(applink.parse_address(args.login))
+    sock = connect_login(parse_address(args.login))
     service.attach(sock, secret, advertise, port)
     reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
     reactor.add_signal_handler(signal.SIGINT, reactor.stop)

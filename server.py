@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from lib.social import applink
+from lib.loop.address import format_address
 from lib.fleet.pool import Fleet
 from lib.social.login_service import LoginService
 from lib.social.files import UnsafePath
@@ -119,7 +119,7 @@ def main(argv=None):
     reactor.add_signal_handler(signal.SIGTERM, shutdown)
     tick()
     logging.getLogger("login").info("np-social login server on %s, app servers register on %s, data in %s",
-                                    applink.format_address(*public), applink.format_address(*internal),
+                                    format_address(*public), format_address(*internal),
                                     os.path.abspath(args.data))
     try:
         reactor.run()

@@ -12,6 +12,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
+from lib.loop.address import format_address, parse_address
 from lib.social import applink, protocol
 from lib.social.protocol import COMMANDS, Server
 from lib.loop.reactor import Reactor
@@ -107,7 +108,7 @@ class ClientCore:
 
 
 def _address(text):
-    return applink.parse_address(text) if text else None
+    return parse_address(text) if text else None
 
 
 class TcpClient:
@@ -265,7 +266,7 @@ class TcpClient:
             return
         if getattr(step, "retry", None):
             step = step.retry
-        self.emit([f"Error: cannot reach the server at {applink.format_address(*address)}"])
+        self.emit([f"Error: cannot reach the server at {format_address(*address)}"])
         self._next()
 
     def _relocate(self):

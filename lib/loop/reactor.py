@@ -56,7 +56,12 @@ class Reactor:
     """A single-threaded selectors loop. Not thread-safe except
     `call_soon_threadsafe` (and `run_in_thread`, which uses it)."""
 
-    def __init__(self, workers=2):
+    DEFAULT_POOL = "default"
+
+    def __init__(self, workers=2, clock=time.monotonic):
+        """`workers`: threads of the default pool; `clock`: monotonic seconds
+        (a test may pass its own)."""
+        self.clock = clock
         self._sel = selectors.DefaultSelector()
         self._handlers = {}          # fd -> [fileobj, reader, writer]
         self._timers = []            # heap of Timer
@@ -65,8 +70,8 @@ class Reactor:
         self._from_threads = collections.deque()
         self._before_sleep = []
         self._output = {}            # callbacks for this turn's output phase (insertion-ordered)
-        self._workers = workers
-        self._pool = None
+        self._pool_sizes = {self.DEFAULT_POOL: workers}
+        self._pools = {}             # name -> ThreadPoolExecutor, made on first use
         self._running = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -125,7 +130,7 @@ class Reactor:
 
     # -- time events -------------------------------------------------------
     def call_later(self, delay, callback, *args):
-        timer = Timer(time.monotonic() + max(0.0, delay), next(self._seq), callback, args)
+        timer = Timer(self.clock() + max(0.0, delay), next(self._seq), callback, args)
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -147,19 +152,29 @@ class Reactor:
         except (BlockingIOError, OSError):
             pass
 
-    def run_in_thread(self, fn, *args, done=None):
-        """Run a blocking `fn(*args)` on the worker pool (hashing, boto3,
+    def add_pool(self, name, workers):
+        """A named worker pool, so one kind of blocking work (AWS calls) can
+        never take every thread from another (password hashing)."""
+        self._pool_sizes[name] = workers
+
+    def pool_size(self, name=DEFAULT_POOL):
+        return self._pool_sizes[name]
+
+    def run_in_thread(self, fn, *args, done=None, pool=DEFAULT_POOL):
+        """Run a blocking `fn(*args)` on worker pool `pool` (hashing, boto3,
         stomp connect); `done(result, error)` then runs on the loop."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="offloop")
+        executor = self._pools.get(pool)
+        if executor is None:
+            executor = self._pools[pool] = ThreadPoolExecutor(
+                max_workers=self._pool_sizes[pool], thread_name_prefix=f"offloop-{pool}")
 
         def finished(future):
-            if future.cancelled():  # the loop is shutting down
+            if future.cancelled() or done is None:  # cancelled: the loop is shutting down
                 return
             err = future.exception()
-            self.call_soon_threadsafe(done or _ignore, None if err else future.result(), err)
+            self.call_soon_threadsafe(done, None if err else future.result(), err)
 
-        self._pool.submit(fn, *args).add_done_callback(finished)
+        executor.submit(fn, *args).add_done_callback(finished)
 
     # -- turns -------------------------------------------------------------
     def add_before_sleep(self, hook):
@@ -183,8 +198,8 @@ class Reactor:
         self._running = True
         while self._running:
             self.run_once()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for executor in self._pools.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def run_once(self, max_wait=None):
         timeout = self._timeout()
@@ -203,7 +218,7 @@ class Reactor:
                 self._guard(entry[1])
             if mask & EVENT_WRITE:
                 writable.append((key.fd, entry))
-        now = time.monotonic()
+        now = self.clock()
         while self._timers and self._timers[0].when <= now:
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
@@ -232,7 +247,7 @@ class Reactor:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0].when - time.monotonic())
+        return max(0.0, self._timers[0].when - self.clock())
 
     def _guard(self, callback, *args):
         # One faulty handler must never take the whole process down.
@@ -240,7 +255,3 @@ class Reactor:
             callback(*args)
         except Exception:
             log.exception("handler %r failed", callback)
-
-
-def _ignore(*_):
-    pass

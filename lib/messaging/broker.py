@@ -31,6 +31,8 @@ import socket
 
 import stomp
 
+from lib.loop import address
+
 log = logging.getLogger("broker")
 
 # stomp.py logs every refused connect (we retry every 2 s while the broker is
@@ -55,27 +57,8 @@ def new_topic_name():
 
 
 def parse_address(text, default_port=61613):
-    """'HOST:PORT', 'HOST' or '[V6]:PORT' -> (host, port); ValueError if malformed."""
-    text = (text or "").strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError("bad broker address %r" % text)
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError("bad broker address %r" % text)
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError("bad port in broker address %r" % text) from None
-    if not host or not 0 < port < 65536:
-        raise ValueError("bad broker address %r" % text)
-    return host, port
+    """The broker's address; STOMP's port 61613 unless one is given."""
+    return address.parse_address(text, default_port)
 
 
 class _Listener(stomp.ConnectionListener):

@@ -27,22 +27,3 @@ def decode(raw):
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ValueError("not a link message")
     return msg
-
-
-def format_address(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_address(text, default_port=None):
-    """"HOST:PORT", "[V6]:PORT" or "HOST" -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":") or default_port
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, default_port
-    if port is None:
-        raise ValueError(f"{text!r}: no port")
-    return host, int(port)

@@ -16,6 +16,7 @@ import logging
 import os
 
 from lib.accounts import passwords
+from lib.loop.address import format_address
 from lib.social import applink, commands, protocol
 from lib.social.protocol import Server, fail
 from lib.loop.transports import LineConnection, Listener
@@ -115,7 +116,7 @@ class LoginService:
                 host = conn.sock.getsockname()[0]
             except OSError:
                 host = "127.0.0.1"
-        return applink.format_address(host, port)
+        return format_address(host, port)
 
     # register and login hash off the loop -----------------------------------------
     def _register(self, conn, request):

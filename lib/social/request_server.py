@@ -9,7 +9,6 @@ class RequestServer:
     def __init__(self, reactor, host, port, on_request, conn_idle=300.0):
         self.reactor, self.on_request, self.conn_idle = reactor, on_request, conn_idle
         self.clients = set()
-        self.counters = {"requests": 0, "bad": 0}
         self.listener = Listener(reactor, host, port, self._accept)
         self.address = self.listener.address
 
@@ -19,7 +18,6 @@ class RequestServer:
         self.clients.add(conn)
 
     def bad_request(self, conn):
-        self.counters["bad"] += 1
         conn.send(protocol.encode(protocol.fail(protocol.BAD_REQUEST)))
 
     def _line(self, conn, raw):
@@ -29,7 +27,6 @@ class RequestServer:
             self.bad_request(conn)
             return
         if request is not None:
-            self.counters["requests"] += 1
             self.on_request(conn, request)
 
     def close(self):

@@ -18,9 +18,9 @@ Every instance is tagged
 The reactor never waits on AWS: every boto3 call runs through
 `reactor.run_in_thread` and its result comes back through `done` on the loop;
 retries (throttling, capacity, connection errors, eventual consistency) are
-timers (`call_later`) with exponential backoff and jitter. At most
-`reactor workers - 1` AWS calls are in the pool at once, so a slow AWS never
-starves the password hashing that shares the pool.
+timers (`call_later`) with exponential backoff and jitter. AWS calls run on
+the reactor's "aws" worker pool, so a slow AWS never starves the password
+hashing of the default pool.
 
 Hygiene: at start and then every `--poll-interval` seconds one
 `describe_instances` (filtered on the cluster tag) finds
@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from lib.social import applink
+from lib.loop.address import format_address, parse_address
 
 log = logging.getLogger("launcher.ec2")
 
@@ -54,6 +54,7 @@ TAG_ROLE = "np-social:role"
 TAG_SERVER = "np-social:server-id"
 TAG_LAUNCHER = "np-social:launcher"
 ROLE = "appserver"
+AWS_POOL, AWS_WORKERS = "aws", 2   # the reactor's worker pool for boto3 calls
 
 ACTIVE_STATES = ("pending", "running", "stopping", "stopped")
 # ClientError codes worth retrying (throttling, capacity, AWS-side trouble).
@@ -158,10 +159,10 @@ def instance_broker(broker, advertise):
     means "the login server's machine", i.e. the advertised address."""
     if not broker:
         return None
-    host, port = applink.parse_address(broker, default_port=61613)
+    host, port = parse_address(broker, default_port=61613)
     if _is_unspecified(host) and not _is_unspecified(advertise):
         host = advertise
-    return applink.format_address(host, port)
+    return format_address(host, port)
 
 
 def make(args, reactor, internal_address):
@@ -329,7 +330,10 @@ class Ec2Launcher:
         self._client_lock = threading.Lock()
         self._queue = collections.deque()          # AWS calls waiting for a pool slot
         self._busy = 0
-        self._max_busy = max(1, int(getattr(reactor, "_workers", 2)) - 1)
+        # AWS calls get a pool of their own: a slow AWS never takes the
+        # threads that hash passwords.
+        reactor.add_pool(AWS_POOL, AWS_WORKERS)
+        self._max_busy = reactor.pool_size(AWS_POOL)
         # shared with pool threads: run_instances in flight, and what they created
         self._cond = threading.Condition()
         self._inflight_launches = 0
@@ -375,7 +379,7 @@ class Ec2Launcher:
                     done(result, error)
                 finally:
                     self._pump()
-            self.reactor.run_in_thread(fn, *args, done=finished)
+            self.reactor.run_in_thread(fn, *args, done=finished, pool=AWS_POOL)
 
     # -- launch -----------------------------------------------------------------
     def tags(self, server_id):

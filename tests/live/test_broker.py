@@ -15,7 +15,7 @@ import unittest
 
 import stomp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT  # noqa: E402
 sys.path.insert(0, ROOT)
 
 from lib.messaging import broker  # noqa: E402

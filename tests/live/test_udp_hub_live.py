@@ -12,7 +12,7 @@ import unittest
 
 from lib.accounts import passwords
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT  # noqa: E402
 PY = sys.executable
 CLIENT = [PY, "-c", "import sys; from lib import udp_client; sys.exit(udp_client.main(sys.argv[1:]))"]
 TOKEN_RE = r"[A-Za-z0-9!$%&*+\-=?@^_~]{6}"

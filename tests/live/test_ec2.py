@@ -29,7 +29,7 @@ import time
 import unittest
 from urllib.parse import parse_qs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT  # noqa: E402
 sys.path.insert(0, ROOT)
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

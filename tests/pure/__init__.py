@@ -1,0 +1,1 @@
+"""Pure tests: state machines, policies and codecs; no network, no processes (./run-tests --quick)."""
