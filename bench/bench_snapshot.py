@@ -81,7 +81,7 @@ TROUBLE_LINE = re.compile(rb"Traceback|\b(?:ERROR|CRITICAL)\b")
 # the data directory
 
 def build_state(path, users=USERS, posts=POSTS_PER_USER, chars=POST_CHARS):
-    """Write snapshot.json (the store's format: see state_to_json in
+    """Write snapshot.json (the store's format: see lib/social/snapshot.py,
     lib/social/store.py) and users.txt for `users` accounts, each with `posts` posts
     of `chars` characters, into the directory `path`. Returns its facts."""
     os.makedirs(path, mode=0o700, exist_ok=True)

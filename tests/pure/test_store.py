@@ -9,6 +9,7 @@ import time
 import unittest
 from unittest import mock
 
+from lib.social import snapshot
 from lib.social import store as store_module
 from lib.social.files import UnsafePath
 from lib.loop.process import watch_exit
@@ -170,9 +171,9 @@ class SnapshotTest(unittest.TestCase):
         s.record([("register", f"u{i}", 'p"é') for i in range(50)] +
                  [("post", "u1", "ü" * 3000), ("invite", "u1", "u2"), ("accept", "u1", "u2"),
                   ("create_group", "g", "u3", "/topic/t"), ("login", "u4", "digest", "/queue/q")])
-        whole = json.dumps(store_module.state_to_json(s.state, s.seq), ensure_ascii=False)
+        whole = json.dumps(snapshot.state_to_json(s.state, s.seq), ensure_ascii=False)
         for size in (1, 100, 1 << 20):
-            streamed = b"".join(store_module.snapshot_chunks(s.state, s.seq, size=size))
+            streamed = b"".join(snapshot.snapshot_chunks(s.state, s.seq, size=size))
             self.assertEqual(streamed.decode("utf-8"), whole)
         s.close()
 
