@@ -2,8 +2,8 @@
 """UDP hub: clients log in with a password and message each other through it.
 
 Thin main: argparse and wiring; the driver is lib/hub/server.py, the session
-state machine lib/hub/session.py. The accounts file (users.txt format) is re-read when it
-changes. Protocol: shared/spec/UDP-HUB.md; overview: docs/udp-hub.md.
+state machine lib/hub/session.py, the datagram codec lib/hub/wire.py. The
+accounts file (users.txt format) is re-read when it changes. Protocol: shared/spec/UDP-HUB.md; overview: docs/udp-hub.md.
 """
 import argparse
 import logging
@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lib.hub import session as hub  # noqa: E402
+from lib.hub.session import DEFAULT_EXPIRY  # noqa: E402
 from lib.hub.server import DEFAULT_USERS, HubServer  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 
@@ -26,7 +26,7 @@ def main(argv):
     ap.add_argument("port", type=int, help="UDP port (0: any free port, logged at start)")
     ap.add_argument("--users", default=DEFAULT_USERS, metavar="FILE",
                     help="accounts, one `ID PASSWORD` a line (default: users.txt next to this script)")
-    ap.add_argument("--expiry", type=float, default=hub.DEFAULT_EXPIRY, metavar="S",
+    ap.add_argument("--expiry", type=float, default=DEFAULT_EXPIRY, metavar="S",
                     help="seconds without a datagram before a client is logged off (default: 300)")
     ap.add_argument("-v", "--verbose", action="store_true", help="also log every dropped datagram")
     args = ap.parse_args(argv)

@@ -3,7 +3,9 @@
 `Client` is bring-your-own-I/O: typed lines, received datagrams, timer
 expiries and end of input go in; `Send` (to the server), `Print`,
 `SetTimer`/`CancelTimer` actions come out. `main()` wires it to stdin, one UDP
-socket and lib/reactor.py. Run as `./client --udp HOST PORT [--stay]`.
+socket and lib/loop/reactor.py. Run as `./client --udp HOST PORT [--stay]`.
+It shares the datagram codec (lib/hub/wire.py) and the action types
+(lib/hub/actions.py) with the hub, and nothing of the hub's server side.
 """
 import argparse
 import collections
@@ -14,8 +16,9 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from lib.hub import session as hub
-from lib.hub.session import SERVER, CancelTimer, Send, SetTimer
+from lib.hub import wire
+from lib.hub.actions import CancelTimer, Send, SetTimer
+from lib.hub.wire import SERVER
 from lib.loop.reactor import Reactor
 from lib.loop.timers import TimerTable
 from lib.loop.transports import LineReader
@@ -61,7 +64,7 @@ class Request:
 def parse_typed(line):
     """A typed short form -> ("login", A, PASSWORD) | ("logoff", A) |
     ("message", A, B, TEXT) | None."""
-    parts = hub.split_head(line)
+    parts = wire.split_head(line)
     if parts is None:
         return None
     src, dst, body = parts
@@ -81,7 +84,7 @@ class Client:
     written into the login datagram."""
 
     def __init__(self, ip, port, timeout=TIMEOUT, retries=RETRIES, stay=False,
-                 msgid_factory=hub.new_msgid):
+                 msgid_factory=wire.new_msgid):
         self.ip, self.port = ip, port
         self.timeout, self.retries, self.stay = timeout, retries, stay
         self.new_msgid = msgid_factory
@@ -115,10 +118,10 @@ class Client:
         text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
         text = text[:-1] if text.endswith("\n") else text
         try:
-            dgram = hub.parse(text)
-        except hub.Malformed:
+            dgram = wire.parse(text)
+        except wire.Malformed:
             return [Print(text)]
-        if isinstance(dgram, hub.Message):
+        if isinstance(dgram, wire.Message):
             return self._forwarded(dgram, text)
         handler = _ON_DATAGRAM.get((type(dgram), self.state))
         if handler is None or dgram.dst != self.me:
@@ -154,20 +157,20 @@ class Client:
     def _send_login(self, me, password):
         """OFFLINE + login -> LOGIN_SENT."""
         self.me = me
-        return self._request(LOGIN_SENT, hub.Login(me, password, self.ip, self.port).text())
+        return self._request(LOGIN_SENT, wire.Login(me, password, self.ip, self.port).text())
 
     def _send_message(self, src, dst, body):
         """ONLINE + message -> MESSAGE_SENT."""
         if src != self.me:
             return [Print(f"Error: logged in as {self.me}, not {src}")]
         msgid = self.new_msgid()
-        return self._request(MESSAGE_SENT, hub.Message(src, dst, self.token, msgid, body).text(), msgid)
+        return self._request(MESSAGE_SENT, wire.Message(src, dst, self.token, msgid, body).text(), msgid)
 
     def _send_logoff(self, src):
         """ONLINE + logoff -> LOGOUT_SENT."""
         if src != self.me:
             return [Print(f"Error: logged in as {self.me}, not {src}")]
-        return self._request(LOGOUT_SENT, hub.Logoff(src, self.token).text())
+        return self._request(LOGOUT_SENT, wire.Logoff(src, self.token).text())
 
     def _already_online(self, *_):
         return [Print(f"Error: already logged in as {self.me}")]
@@ -190,7 +193,7 @@ class Client:
         server no longer knows our token (expired or replaced)."""
         if dgram.msgid != self.request.msgid:
             return []  # answer to an older message
-        if dgram.body in (hub.ERR_LOGIN_AGAIN, hub.ERR_TOKEN):
+        if dgram.body in (wire.ERR_LOGIN_AGAIN, wire.ERR_TOKEN):
             return self._answered(OFFLINE)
         return self._answered(ONLINE)
 
@@ -208,12 +211,12 @@ class Client:
             self.seen[key] = None
             if len(self.seen) > SEEN_MAX:
                 self.seen.popitem(last=False)
-        receipt = hub.Receipt(dgram.dst, dgram.token, dgram.msgid, dgram.body)
+        receipt = wire.Receipt(dgram.dst, dgram.token, dgram.msgid, dgram.body)
         return actions + [Send(receipt.text())]
 
     # -- helpers ---------------------------------------------------------------------------
     def _request(self, state, text, msgid=None):
-        if len(text.encode("utf-8")) > hub.MAX_DATAGRAM:
+        if len(text.encode("utf-8")) > wire.MAX_DATAGRAM:
             return [Print("Error: message too long")]
         self.state = state
         self.request = Request(text, msgid)
@@ -243,11 +246,11 @@ _ON_TYPED = {
     ("logoff", OFFLINE): Client._not_online,
 }
 _ON_DATAGRAM = {
-    (hub.TokenAck, LOGIN_SENT): Client._logged_in,
-    (hub.LoginFailed, LOGIN_SENT): Client._login_failed,
-    (hub.Reply, MESSAGE_SENT): Client._replied,
-    (hub.TokenAck, LOGOUT_SENT): Client._logged_off,
-    (hub.LogoffFailed, LOGOUT_SENT): Client._logged_off,
+    (wire.TokenAck, LOGIN_SENT): Client._logged_in,
+    (wire.LoginFailed, LOGIN_SENT): Client._login_failed,
+    (wire.Reply, MESSAGE_SENT): Client._replied,
+    (wire.TokenAck, LOGOUT_SENT): Client._logged_off,
+    (wire.LogoffFailed, LOGOUT_SENT): Client._logged_off,
 }
 
 

@@ -1,6 +1,7 @@
-"""The UDP hub's I/O driver: carries out a `lib.hub.Hub`'s actions on one UDP
-socket, the reactor's timers and the worker pool (scrypt), and re-reads the
-accounts file when it changes. All protocol logic is in lib/hub.py."""
+"""The UDP hub's I/O driver: carries out a `lib.hub.session.Hub`'s actions on
+one UDP socket, the reactor's timers and the worker pool (scrypt), and re-reads
+the accounts file when it changes. All protocol logic is in lib/hub/session.py
+(sessions) and lib/hub/wire.py (datagrams)."""
 import logging
 import os
 import socket
@@ -9,6 +10,7 @@ import time
 from lib import ROOT
 from lib.accounts import names, passwords
 from lib.hub import session as hub
+from lib.hub.actions import CancelTimer, Send, SetTimer
 from lib.loop.timers import TimerTable
 
 log = logging.getLogger("udp_hub")
@@ -18,7 +20,7 @@ MAX_NAMED = 20        # refused ids named in the load warning
 
 
 def load_accounts(text, source):
-    """users.txt text -> {id: stored password}. Ids that lib/names.py's rule
+    """users.txt text -> {id: stored password}. Ids that lib/accounts/names.py's rule
     refuses still load (existing files keep working); one warning names them."""
     accounts = passwords.parse_accounts(text)
     refused = [name for name in accounts if names.check(name)]
@@ -109,5 +111,5 @@ class HubServer:
         self.sock.close()
 
 
-_DO = {hub.Send: HubServer._send, hub.SetTimer: HubServer._set_timer,
-       hub.CancelTimer: HubServer._cancel_timer, hub.Verify: HubServer._verify}
+_DO = {Send: HubServer._send, SetTimer: HubServer._set_timer,
+       CancelTimer: HubServer._cancel_timer, hub.Verify: HubServer._verify}

@@ -1,4 +1,4 @@
-"""STOMP publish/subscribe over ActiveMQ, driven by our reactor (lib/reactor.py).
+"""STOMP publish/subscribe over ActiveMQ, driven by our reactor (lib/loop/reactor.py).
 
 One `BrokerLink` is one STOMP 1.2 connection (stomp.py) that reconnects and
 resubscribes by itself. Threads and who does what:
@@ -18,15 +18,20 @@ means the broker has the message. A publish that cannot be confirmed gets
 `done(False, reason)` exactly once: link down, write failed, ERROR from the
 broker, or no receipt in time.
 
-Destinations are random (`new_queue_name`, `new_topic_name`): nobody can read
+Destinations are named by the social service (lib/social/commands.py,
+`Context.new_queue` / `new_topic`: 128 random bits each), so nobody can read
 a user's messages by guessing `/queue/<username>`. (ActiveMQ's wildcard
 subscriptions, `/queue/np.u.>`, still match every name; only the broker's
 authorization plugin can forbid those.)
+
+`BrokerLink` gets its connections from `connection_factory(host, port)`
+(`stomp_connection` unless a test passes a fake); it uses only `set_listener`,
+`connect`, `send`, `subscribe`, `unsubscribe`, `disconnect`, `is_connected`
+and `transport`.
 """
 import collections
 import itertools
 import logging
-import secrets
 import socket
 
 import stomp
@@ -46,19 +51,18 @@ CONNECT_TIMEOUT = 5.0          # TCP connect, in the worker
 CONNECTED_TIMEOUT = 10.0       # STOMP CONNECTED frame after the TCP connect
 
 
-def new_queue_name():
-    """A personal destination nobody can guess (128 random bits)."""
-    return "/queue/np.u." + secrets.token_hex(16)
-
-
-def new_topic_name():
-    """A group destination nobody can guess (128 random bits)."""
-    return "/topic/np.g." + secrets.token_hex(16)
-
-
 def parse_address(text, default_port=61613):
     """The broker's address; STOMP's port 61613 unless one is given."""
     return address.parse_address(text, default_port)
+
+
+def stomp_connection(host, port):
+    """A stomp.py STOMP 1.2 connection to host:port, not opened yet. It makes
+    one connect attempt: BrokerLink does the retrying, with its backoff."""
+    return stomp.Connection12(
+        [(host, port)], heartbeats=HEARTBEATS, timeout=CONNECT_TIMEOUT,
+        reconnect_attempts_max=1, reconnect_sleep_initial=0, reconnect_sleep_jitter=0,
+        vhost=host)
 
 
 class _Listener(stomp.ConnectionListener):
@@ -99,9 +103,10 @@ class BrokerLink:
     """One STOMP connection owned by a reactor; reconnects and resubscribes by itself."""
 
     def __init__(self, reactor, host="127.0.0.1", port=61613, on_message=None,
-                 on_state=None, name="np"):
+                 on_state=None, name="np", connection_factory=stomp_connection):
         self.reactor, self.host, self.port, self.name = reactor, host, port, name
         self.on_message, self.on_state = on_message, on_state
+        self._new_connection = connection_factory
         self._conn = None            # current stomp.Connection12 (connecting or up)
         self._gen = 0                # generation of _conn; events of older ones are stale
         self._up = False
@@ -199,10 +204,7 @@ class BrokerLink:
         self._gen += 1
         gen = self._gen
         # Building the connection opens nothing; connect() below does the I/O.
-        conn = stomp.Connection12(
-            [(self.host, self.port)], heartbeats=HEARTBEATS, timeout=CONNECT_TIMEOUT,
-            reconnect_attempts_max=1, reconnect_sleep_initial=0, reconnect_sleep_jitter=0,
-            vhost=self.host)
+        conn = self._new_connection(self.host, self.port)
         conn.set_listener("np", _Listener(self, gen))
         self._conn = conn
         # wait=False: the worker does the TCP connect and writes the STOMP

@@ -14,7 +14,7 @@ from lib.accounts import passwords
 
 from tests.support import ROOT  # noqa: E402
 PY = sys.executable
-CLIENT = [PY, "-c", "import sys; from lib import udp_client; sys.exit(udp_client.main(sys.argv[1:]))"]
+CLIENT = [PY, "-c", "import sys; from lib.clients import udp; sys.exit(udp.main(sys.argv[1:]))"]
 TOKEN_RE = r"[A-Za-z0-9!$%&*+\-=?@^_~]{6}"
 HOST = "127.0.0.1"
 

@@ -1,17 +1,20 @@
-"""Pure tests of the UDP hub: codec, server sessions and client machine; no sockets.
+"""Pure tests of the UDP hub's sessions (lib/hub/session.py), and a hub and two
+clients wired together in memory; no sockets.
 
-Every edge of both state diagrams (shared/seeds/002, shared/spec/UDP-HUB.md)
-has a test named after it.
+Every edge of the server diagram (shared/seeds/002, shared/spec/UDP-HUB.md)
+has a test named after it; the client diagram's are in test_hub_client.py,
+the codec's tests in test_hub_wire.py.
 """
 import itertools
 import unittest
 
-from lib.accounts import names, passwords
+from lib.accounts import passwords
+from lib.clients.udp import Client, ClientState, Print
 from lib.hub import server as hub_server
 from lib.hub import session as hub
-from lib.hub.session import (CancelTimer, Login, LoginFailed, LogoffFailed, Logoff, Malformed, Message,
-                     Receipt, Reply, Send, SessionState, SetTimer, TokenAck, Verify)
-from lib.clients.udp import Client, ClientState, Print
+from lib.hub import wire
+from lib.hub.actions import CancelTimer, Send, SetTimer
+from lib.hub.session import SessionState, Verify
 
 A_ADDR = ("127.0.0.1", 40001)
 B_ADDR = ("127.0.0.1", 40002)
@@ -21,65 +24,6 @@ ACCOUNTS = {"alice": "alice123", "bob": "bob123", "carol": "carol123"}
 
 def sends(actions):
     return [(a.text, a.addr) for a in actions if isinstance(a, Send)]
-
-
-def timers(actions):
-    return [a for a in actions if isinstance(a, (SetTimer, CancelTimer))]
-
-
-class CodecTest(unittest.TestCase):
-    def test_token_format(self):
-        allowed = set(hub.TOKEN_ALPHABET)
-        self.assertEqual(allowed - set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
-                         set("!$%&*+-=?@^_~"))
-        for _ in range(500):
-            token = hub.new_token()
-            self.assertEqual(len(token), 6)
-            self.assertTrue(set(token) <= allowed, token)
-            self.assertTrue(hub.is_token(token))
-            self.assertFalse(set(token) & set("<>#\t\n "))
-        self.assertGreater(len({hub.new_token() for _ in range(200)}), 195)
-
-    def test_msgid_format(self):
-        for _ in range(200):
-            msgid = hub.new_msgid()
-            self.assertRegex(msgid, r"\A\d{10}\Z")
-            self.assertTrue(hub.is_msgid(msgid))
-        self.assertFalse(hub.is_msgid("12345"))
-        self.assertFalse(hub.is_msgid("١٢٣٤٥٦٧٨٩٠"))  # non-ASCII digits
-
-    def test_every_datagram_round_trips(self):
-        cases = {
-            "alice->server#login<alice123><127.0.0.1><40001>": Login("alice", "alice123", "127.0.0.1", 40001),
-            "server->alice#Success<Ab3$x_>": TokenAck("alice", "Ab3$x_"),
-            "server->alice#Error: password does not match!": LoginFailed("alice"),
-            "alice->bob#<Ab3$x_><0123456789>hi there # <3": Message("alice", "bob", "Ab3$x_", "0123456789", "hi there # <3"),
-            "server->alice#<Ab3$x_><0123456789>Success: hi": Reply("alice", "Ab3$x_", "0123456789", "Success: hi"),
-            "server->alice#<Ab3$x_><0123456789>Error: token error!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_TOKEN),
-            "server->alice#<Ab3$x_><0123456789>Error: destination offline!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_OFFLINE),
-            "server->alice#<Ab3$x_><0123456789>Error: please log in again!": Reply("alice", "Ab3$x_", "0123456789", hub.ERR_LOGIN_AGAIN),
-            "bob->server#<Zz9~^@><0123456789>Success: hi": Receipt("bob", "Zz9~^@", "0123456789", "hi"),
-            "alice->server#logoff<Ab3$x_>": Logoff("alice", "Ab3$x_"),
-            "server->alice#Error: token error!": LogoffFailed("alice"),
-        }
-        for text, dgram in cases.items():
-            with self.subTest(text=text):
-                self.assertEqual(hub.parse(text), dgram)
-                self.assertEqual(dgram.text(), text)
-                self.assertEqual(hub.parse(text.encode() + b"\n"), dgram)  # trailing newline tolerated
-
-    def test_password_may_contain_angle_brackets(self):
-        self.assertEqual(hub.parse("a->server#login<p<w>d><10.0.0.1><9>"), Login("a", "p<w>d", "10.0.0.1", 9))
-
-    def test_malformed(self):
-        for bad in [b"", b"hello", b"alice->server#", b"alice->server#login<pw>",
-                    b"alice->server#login<pw><127.0.0.1><port>", b"alice->bob#no token",
-                    b"alice->bob#<tok123><12345>short msgid", b"alice->server#logoff",
-                    b"server->server#Success<abcdef>", b"\xff\xfe->server#login<x><1><2>",
-                    b"al ice->bob#<abcdef><0123456789>x", b"alice->server#<abcdef><0123456789>not a receipt"]:
-            with self.subTest(bad=bad):
-                with self.assertRaises(Malformed):
-                    hub.parse(bad)
 
 
 class HubTestCase(unittest.TestCase):
@@ -349,216 +293,14 @@ class ServerDropTest(HubTestCase):
     def test_exactly_max_size_is_accepted(self):
         head = "alice->server#login<"
         tail = "><127.0.0.1><40001>"
-        text = head + "x" * (hub.MAX_DATAGRAM - len(head) - len(tail)) + tail
-        self.assertEqual(len(text), hub.MAX_DATAGRAM)
+        text = head + "x" * (wire.MAX_DATAGRAM - len(head) - len(tail)) + tail
+        self.assertEqual(len(text), wire.MAX_DATAGRAM)
         self.assertEqual(len(sends(self.hub.datagram(text.encode(), A_ADDR, self.now))), 1)
 
     def test_non_ascii_token_is_a_token_error_not_a_crash(self):
         self.login("alice", A_ADDR)
         actions = self.send("alice->bob#<ééé><0123456789>x", A_ADDR)
         self.assertEqual(sends(actions), [("server->alice#<ééé><0123456789>Error: token error!", A_ADDR)])
-
-
-class ClientTestCase(unittest.TestCase):
-    def setUp(self):
-        self.msgids = (f"{n:010d}" for n in itertools.count(1))
-        self.client = Client("127.0.0.1", 40001, msgid_factory=lambda: next(self.msgids))
-
-    def typed(self, line):
-        return self.client.typed(line)
-
-    def recv(self, text):
-        return self.client.received(text.encode())
-
-    def go_online(self):
-        self.typed("alice->server#login<alice123>")
-        self.recv("server->alice#Success<Ab3$x_>")
-
-    def assertState(self, state):
-        self.assertIs(self.client.state, state)
-
-
-def sent(actions):
-    return [a.text for a in actions if isinstance(a, Send)]
-
-
-def printed(actions):
-    return [a.line for a in actions if isinstance(a, Print)]
-
-
-class ClientLoginTest(ClientTestCase):
-    def test_offline_typed_login_goes_login_sent(self):
-        actions = self.typed("alice->server#login<alice123>")
-        self.assertEqual(sent(actions), ["alice->server#login<alice123><127.0.0.1><40001>"])
-        self.assertIn(SetTimer(("retry",), 2.0), actions)
-        self.assertState(ClientState.LOGIN_SENT)
-
-    def test_login_sent_success_goes_online(self):
-        self.typed("alice->server#login<alice123>")
-        actions = self.recv("server->alice#Success<Ab3$x_>")
-        self.assertEqual(printed(actions), ["server->alice#Success<Ab3$x_>"])
-        self.assertIn(CancelTimer(("retry",)), actions)
-        self.assertState(ClientState.ONLINE)
-        self.assertEqual(self.client.token, "Ab3$x_")
-
-    def test_login_sent_error_goes_offline(self):
-        self.typed("alice->server#login<nope>")
-        actions = self.recv("server->alice#Error: password does not match!")
-        self.assertEqual(printed(actions), ["server->alice#Error: password does not match!"])
-        self.assertState(ClientState.OFFLINE)
-
-    def test_login_sent_no_response_resends_three_times_then_offline(self):
-        self.typed("alice->server#login<alice123>")
-        for _ in range(3):
-            actions = self.client.timer(("retry",))
-            self.assertEqual(sent(actions), ["alice->server#login<alice123><127.0.0.1><40001>"])
-            self.assertState(ClientState.LOGIN_SENT)
-        actions = self.client.timer(("retry",))
-        self.assertEqual(printed(actions), ["Error: no response from server"])
-        self.assertEqual(sent(actions), [])
-        self.assertState(ClientState.OFFLINE)
-
-    def test_login_sent_holds_on_other_events(self):
-        self.typed("alice->server#login<alice123>")
-        actions = self.recv("server->alice#<Ab3$x_><0000000001>Success: stray")
-        self.assertEqual(printed(actions), ["server->alice#<Ab3$x_><0000000001>Success: stray"])
-        self.assertState(ClientState.LOGIN_SENT)
-
-
-class ClientMessageTest(ClientTestCase):
-    def setUp(self):
-        super().setUp()
-        self.go_online()
-
-    def test_online_typed_message_goes_message_sent(self):
-        actions = self.typed("alice->bob#hello bob")
-        self.assertEqual(sent(actions), ["alice->bob#<Ab3$x_><0000000001>hello bob"])
-        self.assertState(ClientState.MESSAGE_SENT)
-
-    def test_message_sent_reply_goes_online(self):
-        for n, reply in enumerate(("Success: hello", "Error: destination offline!"), 1):
-            self.typed("alice->bob#hello")
-            actions = self.recv(f"server->alice#<Ab3$x_><{n:010d}>{reply}")
-            self.assertEqual(printed(actions), [f"server->alice#<Ab3$x_><{n:010d}>{reply}"])
-            self.assertIn(CancelTimer(("retry",)), actions)
-            self.assertState(ClientState.ONLINE)
-
-    def test_message_sent_please_log_in_again_goes_offline(self):
-        self.typed("alice->bob#hello")
-        self.recv("server->alice#<Ab3$x_><0000000001>Error: please log in again!")
-        self.assertState(ClientState.OFFLINE)
-        self.assertIsNone(self.client.token)
-
-    def test_message_sent_token_error_goes_offline(self):
-        self.typed("alice->bob#hello")
-        self.recv("server->alice#<Ab3$x_><0000000001>Error: token error!")
-        self.assertState(ClientState.OFFLINE)
-
-    def test_reply_for_another_msgid_does_not_count(self):
-        self.typed("alice->bob#hello")
-        self.recv("server->alice#<Ab3$x_><9999999999>Success: old")
-        self.assertState(ClientState.MESSAGE_SENT)
-
-    def test_message_sent_no_response_falls_back_online(self):
-        self.typed("alice->bob#hello")
-        for _ in range(3):
-            self.assertEqual(len(sent(self.client.timer(("retry",)))), 1)
-        actions = self.client.timer(("retry",))
-        self.assertEqual(printed(actions), ["Error: no response from server"])
-        self.assertState(ClientState.ONLINE)
-        self.assertEqual(self.client.token, "Ab3$x_")
-
-    def test_lines_typed_while_waiting_are_queued(self):
-        self.assertEqual(len(sent(self.typed("alice->bob#one"))), 1)
-        self.assertEqual(self.typed("alice->bob#two"), [])
-        self.assertEqual(self.typed("alice->server#logoff"), [])
-        actions = self.recv("server->alice#<Ab3$x_><0000000001>Success: one")
-        self.assertEqual(sent(actions), ["alice->bob#<Ab3$x_><0000000002>two"])
-        actions = self.recv("server->alice#<Ab3$x_><0000000002>Success: two")
-        self.assertEqual(sent(actions), ["alice->server#logoff<Ab3$x_>"])
-        self.assertState(ClientState.LOGOUT_SENT)
-
-    def test_forward_printed_once_receipt_for_every_copy(self):
-        fwd = "bob->alice#<Ab3$x_><5555555555>hi alice"
-        receipt = "alice->server#<Ab3$x_><5555555555>Success: hi alice"
-        first = self.recv(fwd)
-        self.assertEqual(printed(first), [fwd])
-        self.assertEqual(sent(first), [receipt])
-        again = self.recv(fwd)
-        self.assertEqual(printed(again), [])
-        self.assertEqual(sent(again), [receipt])
-        self.assertState(ClientState.ONLINE)  # a forward moves no state
-
-    def test_forward_while_message_sent_keeps_waiting(self):
-        self.typed("alice->bob#hello")
-        self.recv("bob->alice#<Ab3$x_><5555555555>crossing")
-        self.assertState(ClientState.MESSAGE_SENT)
-
-    def test_local_errors(self):
-        self.assertEqual(printed(self.typed("alice->server#login<x>")), ["Error: already logged in as alice"])
-        self.assertEqual(printed(self.typed("bob->carol#hi")), ["Error: logged in as alice, not bob"])
-        self.assertTrue(printed(self.typed("nonsense"))[0].startswith("Error: "))
-        self.assertEqual(self.typed("   "), [])
-        self.assertEqual(printed(self.typed("alice->bob#" + "x" * 3000)), ["Error: message too long"])
-        self.assertState(ClientState.ONLINE)
-
-
-class ClientLogoffTest(ClientTestCase):
-    def setUp(self):
-        super().setUp()
-        self.go_online()
-
-    def test_online_typed_logoff_goes_logout_sent(self):
-        actions = self.typed("alice->server#logoff")
-        self.assertEqual(sent(actions), ["alice->server#logoff<Ab3$x_>"])
-        self.assertState(ClientState.LOGOUT_SENT)
-
-    def test_logout_sent_success_goes_offline(self):
-        self.typed("alice->server#logoff")
-        actions = self.recv("server->alice#Success<Ab3$x_>")
-        self.assertEqual(printed(actions), ["server->alice#Success<Ab3$x_>"])
-        self.assertState(ClientState.OFFLINE)
-        self.assertIsNone(self.client.token)
-        self.assertEqual(printed(self.typed("alice->bob#x")), ["Error: not logged in"])
-
-    def test_logout_sent_token_error_goes_offline(self):
-        self.typed("alice->server#logoff")
-        self.recv("server->alice#Error: token error!")
-        self.assertState(ClientState.OFFLINE)
-
-    def test_logout_sent_no_response_goes_offline(self):
-        self.typed("alice->server#logoff")
-        for _ in range(3):
-            self.client.timer(("retry",))
-        self.assertEqual(printed(self.client.timer(("retry",))), ["Error: no response from server"])
-        self.assertState(ClientState.OFFLINE)
-
-    def test_can_log_in_again_after_logoff(self):
-        self.typed("alice->server#logoff")
-        self.recv("server->alice#Success<Ab3$x_>")
-        self.assertEqual(len(sent(self.typed("alice->server#login<alice123>"))), 1)
-        self.assertState(ClientState.LOGIN_SENT)
-
-
-class ClientEndOfInputTest(ClientTestCase):
-    def test_exits_when_idle(self):
-        self.client.end_of_input()
-        self.assertTrue(self.client.done)
-
-    def test_finishes_outstanding_first(self):
-        self.typed("alice->server#login<alice123>")
-        self.typed("alice->bob#queued")
-        self.client.end_of_input()
-        self.assertFalse(self.client.done)
-        self.recv("server->alice#Success<Ab3$x_>")
-        self.assertFalse(self.client.done)
-        self.recv("server->alice#<Ab3$x_><0000000001>Success: queued")
-        self.assertTrue(self.client.done)
-
-    def test_stay_keeps_receiving(self):
-        client = Client("127.0.0.1", 40001, stay=True)
-        client.end_of_input()
-        self.assertFalse(client.done)
 
 
 class FullExchangeTest(unittest.TestCase):
@@ -595,27 +337,8 @@ class FullExchangeTest(unittest.TestCase):
 
 
 class NameRuleTest(HubTestCase):
-    """Ids frame by lib/accounts/names.py's delimiters and length, compare in NFC, and
-    accounts the rule refuses still load (and log in), with one warning."""
-
-    def test_id_framing_follows_the_name_rule(self):
-        longest = "x" * names.MAX_LEN
-        self.assertEqual(hub.parse(f"{longest}->server#logoff<abcdef>"), Logoff(longest, "abcdef"))
-        self.assertEqual(hub.parse(f"a->{longest}#<abcdef><0123456789>t").dst, longest)
-        for bad in [f"{longest}x->server#logoff<abcdef>", f"a->{longest}x#<abcdef><0123456789>t"] + \
-                   [f"a{d}b->server#logoff<abcdef>" for d in names.DELIMITERS] + \
-                   [f"alice->b{d}c#<abcdef><0123456789>t" for d in names.DELIMITERS]:
-            with self.subTest(bad=bad):
-                with self.assertRaises(Malformed):
-                    hub.parse(bad)
-
-    def test_datagrams_and_typed_lines_are_read_in_nfc(self):
-        nfd, nfc = "zoe\u0308", "zo\u00eb"
-        self.assertEqual(hub.parse(f"{nfd}->server#login<pa\u0308ss><127.0.0.1><1>".encode()),
-                         Login(nfc, "p\u00e4ss", "127.0.0.1", 1))
-        self.assertEqual(hub.parse(f"a->{nfd}#<abcdef><0123456789>e\u0301"),
-                         Message("a", nfc, "abcdef", "0123456789", "\u00e9"))
-        self.assertEqual(hub.split_head(f"{nfd}->server#logoff"), (nfc, "server", "logoff"))
+    """Ids compare in NFC (framing: test_hub_wire.py), and accounts the rule
+    refuses still load (and log in), with one warning."""
 
     def test_a_decomposed_login_finds_the_nfc_account(self):
         self.hub.set_accounts({"zo\u00eb": "p\u00e4ss"})   # as the TCP service stores them
