@@ -1,5 +1,5 @@
 """The one name rule for accounts and groups, shared by the TCP service
-(lib/social.py) and the UDP hub (lib/hub.py).
+(lib/social/commands.py) and the UDP hub (lib/hub/wire.py).
 
 A name is 1..MAX_LEN characters in Unicode NFC form, printable, with no
 white space, no DELIMITERS, no invisible characters, and letters of one
