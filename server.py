@@ -8,7 +8,7 @@ import sys
 
 from lib.loop.address import format_address
 from lib.fleet.pool import Fleet
-from lib.social.login_service import LoginService
+from lib.social.login_server import LoginServer
 from lib.social.files import UnsafePath
 from lib.loop.process import watch_exit
 from lib.loop.reactor import Reactor
@@ -89,7 +89,7 @@ def main(argv=None):
         print(f"server: data directory {os.path.abspath(args.data)}: {e.strerror}", file=sys.stderr)
         return 1
     reactor.add_before_sleep(store.commit)   # group commit: before the turn's replies leave
-    service = LoginService(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle)
+    service = LoginServer(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle)
     try:
         public, internal = service.listen(args.host, args.port, args.host, args.internal_port)
     except OSError as e:

@@ -4,8 +4,9 @@
 handler never mutates it: it returns the reply and a list of *mutations*
 (plain tuples); `apply()` is the only code that changes a State, and the
 store journals exactly those tuples, so replaying the journal rebuilds the
-same State. Effects the store cannot do (assigning an app server, publishing
-to the broker) are returned as `Outcome.effect` for the caller to complete.
+same State. Effects the store cannot do (assigning an app server, ending a
+session, publishing to the broker) are returned as `Outcome.effect`, one of
+the dataclasses `Assign`, `Release`, `Publish`, for the caller to complete.
 Randomness (tokens, destinations) comes in through `Context` so tests are
 deterministic.
 """
@@ -83,11 +84,35 @@ class Context:
         return "/topic/np.g." + secrets.token_hex(16)
 
 
+# -- effects: what the caller must do besides recording the mutations --------------
+@dataclass(frozen=True)
+class Assign:
+    """`user` needs an application server before the reply leaves (login, locate)."""
+    user: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """`user`'s session ended (logout, delete): free its app-server slot and
+    forget its token; `forget_password` also drops the remembered password
+    (the account is gone)."""
+    user: str
+    forget_password: bool = False
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish `body` to the broker `destination` before the reply leaves (send, send-group)."""
+    destination: str
+    body: str
+    persistent: bool
+
+
 @dataclass
 class Outcome:
     reply: dict
     mutations: list = field(default_factory=list)
-    effect: tuple = None      # ("assign", user) | ("release", user) | ("publish", dest, body, persistent)
+    effect: object = None     # Assign | Release | Publish | None
 
 
 # -- mutations: the only code that changes a State ------------------------------
@@ -206,24 +231,24 @@ def finish_login(state, name, matched, ctx, known_token=None):
     session = user.session
     if session and known_token:
         return Outcome(ok(token=known_token, queue=session.queue, topics=topics),
-                       effect=("assign", name))
+                       effect=Assign(name))
     token = ctx.new_token()
     queue = session.queue if session else ctx.new_queue()
     return Outcome(ok(token=token, queue=queue, topics=topics),
-                   [("login", name, token_digest(token), queue)], effect=("assign", name))
+                   [("login", name, token_digest(token), queue)], effect=Assign(name))
 
 
 # -- token commands ---------------------------------------------------------------
 def _logout(state, me, args, ctx):
-    return Outcome(ok("Bye!"), [("logout", me)], effect=("release", me))
+    return Outcome(ok("Bye!"), [("logout", me)], effect=Release(me))
 
 
 def _delete(state, me, args, ctx):
-    return Outcome(ok(), [("delete", me)], effect=("release", me))
+    return Outcome(ok(), [("delete", me)], effect=Release(me, forget_password=True))
 
 
 def _locate(state, me, args, ctx):
-    return Outcome(ok("Your application server is ready"), effect=("assign", me))
+    return Outcome(ok("Your application server is ready"), effect=Assign(me))
 
 
 def _invite(state, me, args, ctx):
@@ -278,7 +303,7 @@ def _send(state, me, args, ctx):
     if target.session is None:
         return Outcome(fail(f"{friend} is not online"))
     body = protocol.chat_body(me, message, to=friend, recipients=[friend])
-    return Outcome(ok(), effect=("publish", target.session.queue, body, True))
+    return Outcome(ok(), effect=Publish(target.session.queue, body, True))
 
 
 def _create_group(state, me, args, ctx):
@@ -318,7 +343,7 @@ def _send_group(state, me, args, ctx):
     online = [m for m in group.members if state.users[m].session]
     body = protocol.chat_body(me, " ".join(args[1:]), group=group.name, recipients=online)
     # Topics are not durable in ActiveMQ, so persistence would buy nothing.
-    return Outcome(ok(), effect=("publish", group.topic, body, False))
+    return Outcome(ok(), effect=Publish(group.topic, body, False))
 
 
 HANDLERS = {
@@ -328,6 +353,20 @@ HANDLERS = {
     "send": _send, "create-group": _create_group, "list-group": _list_group,
     "list-joined": _list_joined, "join-group": _join_group, "send-group": _send_group,
 }
+
+
+def handle_relayed(state, line, ctx):
+    """A request line an app server relayed (None: it sent none): `Bad request`
+    if it is not one, register/login belong to the login server, else `handle`."""
+    try:
+        request = protocol.decode_line(line.encode("utf-8")) if line is not None else None
+    except ValueError:
+        request = None
+    if request is None:
+        return Outcome(fail(protocol.BAD_REQUEST))
+    if request.command is not None and not request.command.token:
+        return Outcome(fail(f"Send {request.name} to the login server"))
+    return handle(state, request, ctx, Server.APP)
 
 
 def handle(state, request, ctx, served_by):

@@ -5,6 +5,13 @@ from lib.social import protocol
 from lib.loop.transports import LineConnection, Listener
 
 
+def answer(conn, reply):
+    """The one way to answer a client: queue the reply (it leaves after the
+    turn's commit) and read the connection's next request, if it was paused."""
+    conn.send(protocol.encode(reply))
+    conn.resume()
+
+
 class RequestServer:
     def __init__(self, reactor, host, port, on_request, conn_idle=300.0):
         self.reactor, self.on_request, self.conn_idle = reactor, on_request, conn_idle
@@ -18,7 +25,7 @@ class RequestServer:
         self.clients.add(conn)
 
     def bad_request(self, conn):
-        conn.send(protocol.encode(protocol.fail(protocol.BAD_REQUEST)))
+        answer(conn, protocol.fail(protocol.BAD_REQUEST))
 
     def _line(self, conn, raw):
         try:

@@ -177,10 +177,10 @@ class PriorityTest(unittest.TestCase):
                     ("send {alice} carol hi", "carol is not your friend"),
                     ("send {alice} bob hi there", "Success!")])
         out = w.run("send {alice} bob hi  there")
-        self.assertEqual(out.effect[0], "publish")
-        self.assertEqual(out.effect[1], w.state.users["bob"].session.queue)
-        self.assertTrue(out.effect[3])     # personal messages are persistent
-        self.assertEqual(protocol.render_chat(out.effect[2]), "<<<alice->bob: hi there>>>")
+        self.assertIsInstance(out.effect, commands.Publish)
+        self.assertEqual(out.effect.destination, w.state.users["bob"].session.queue)
+        self.assertIs(out.effect.persistent, True)     # personal messages are persistent
+        self.assertEqual(protocol.render_chat(out.effect.body), "<<<alice->bob: hi there>>>")
         w.run("logout {bob}", Server.LOGIN)
         self.assertEqual(w.msg("send {alice} bob hi"), "bob is not online")
 
@@ -201,8 +201,10 @@ class PriorityTest(unittest.TestCase):
         self.assertEqual(w.run("list-joined {bob}").reply, {"status": 0, "group": ["g1", "g0"]})
         self.assertEqual(w.run("list-joined {carol}").reply, {"status": 0, "group": []})
         out = w.run("send-group {bob} g1 hi all")
-        self.assertEqual(out.effect[1], w.state.groups["g1"].topic)
-        self.assertEqual(protocol.render_chat(out.effect[2]), "<<<bob->GROUP<g1>: hi all>>>")
+        self.assertIsInstance(out.effect, commands.Publish)
+        self.assertEqual(out.effect.destination, w.state.groups["g1"].topic)
+        self.assertIs(out.effect.persistent, False)    # topics are not durable anyway
+        self.assertEqual(protocol.render_chat(out.effect.body), "<<<bob->GROUP<g1>: hi all>>>")
         # the destination comes with the reply, never derived from the name
         self.assertEqual(w.run("join-group {carol} g0").reply["topics"], {"g0": w.state.groups["g0"].topic})
         self.assertNotIn("g0", w.state.groups["g0"].topic)
@@ -211,7 +213,9 @@ class PriorityTest(unittest.TestCase):
         w = self.w
         self.assertEqual(w.msg("logout {alice} x", Server.LOGIN), "Usage: logout <user>")
         self.assertEqual(w.msg("delete {alice} x", Server.LOGIN), "Usage: delete <user>")
-        self.assertEqual(w.run("logout {alice}", Server.LOGIN).reply, {"status": 0, "message": "Bye!"})
+        out = w.run("logout {alice}", Server.LOGIN)
+        self.assertEqual(out.reply, {"status": 0, "message": "Bye!"})
+        self.assertEqual(out.effect, commands.Release("alice", forget_password=False))
         self.assertEqual(w.msg("list-friend {alice}"), "Not login yet")
         # delete removes everything tied to the user
         w.run("invite {bob} carol")
@@ -220,7 +224,10 @@ class PriorityTest(unittest.TestCase):
         w.run("invite {bob} dave")
         w.run("create-group {bob} g")
         w.run("post {bob} bye")
-        self.assertEqual(w.msg("delete {bob}", Server.LOGIN), "Success!")
+        out = w.run("delete {bob}", Server.LOGIN)
+        self.assertEqual(out.reply, {"status": 0, "message": "Success!"})
+        # the account is gone: its remembered password goes too
+        self.assertEqual(out.effect, commands.Release("bob", forget_password=True))
         self.assertNotIn("bob", w.state.users)
         self.assertEqual(w.msg("list-friend {bob}"), "Not login yet")
         self.assertEqual(w.run("list-friend {carol}").reply["friend"], [])
@@ -238,6 +245,12 @@ class PriorityTest(unittest.TestCase):
         again = w.login("alice")
         self.assertEqual(first["token"], again["token"])
         self.assertEqual(first["queue"], again["queue"])
+        self.assertEqual(commands.finish_login(w.state, "alice", True, w.ctx, first["token"]).effect,
+                         commands.Assign("alice"))
+        locate = w.run("locate {alice}", Server.LOGIN)
+        self.assertEqual((locate.reply, locate.effect, locate.mutations),
+                         ({"status": 0, "message": "Your application server is ready"},
+                          commands.Assign("alice"), []))
         # after a restart the plaintext token is gone: a new one, same queue
         rotated = w.apply(commands.finish_login(w.state, "alice", True, w.ctx, known_token=None)).reply
         self.assertNotEqual(rotated["token"], first["token"])

@@ -1,0 +1,425 @@
+"""The login server's logic without I/O, like h11 and lib/hub/session.py.
+
+`LoginCore.handle(event)` -> the actions the driver (lib/social/login_server.py)
+carries out. No socket, thread, reactor or clock here; `conn` and `link` are
+the driver's opaque handles. The core owns register's names being hashed,
+login's cache of verified passwords (keyed digests), the tokens this process
+issued (only digests are stored), and the hello and relay of app-server links.
+
+- Store: the core calls `store.record(mutations)`: that applies and buffers;
+  the disk write is the reactor's before-sleep commit, and a reply is an
+  action the driver queues for the output phase after it. So the barrier
+  holds, and a handler reads the state it just changed.
+- Fleet: calls are actions (`FleetAssign`, ...) and answers events
+  (`Assigned`, `FleetRegistered`): the fleet launches processes and answers
+  when it likes (launch, death, tick), and tests need no fleet.
+
+Each client connection and link has a state; `_TABLE` lists the legal
+(event, state) pairs, any other raises IllegalEvent.
+"""
+import enum
+import hashlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+
+from lib.social import applink, commands, protocol
+from lib.social.commands import Assign, Publish, Release
+from lib.social.protocol import Server, fail
+
+log = logging.getLogger("login")
+
+HELLO_TIMEOUT = 5.0     # seconds an unauthenticated link gets to say hello
+NO_USER = "No such user or password error"
+
+
+class IllegalEvent(Exception):
+    """An event the state of its connection or link does not allow (a driver bug)."""
+
+
+# Events and actions are values. Not frozen: that costs ~1 us more per object
+# and a relayed command makes three (LinkLine, FleetHeartbeat, SendLink).
+message = dataclass(slots=True)
+
+
+# -- events ------------------------------------------------------------------------
+@message
+class ClientEvent:
+    conn: object
+
+@message
+class ClientRequest(ClientEvent):
+    request: protocol.Request
+
+@message
+class Hashed(ClientEvent):
+    stored: str
+    error: object = None
+
+@message
+class Verified(ClientEvent):
+    matched: bool
+    error: object = None
+
+@message
+class Assigned(ClientEvent):
+    """"host:port" as the client should dial it, or None and the fleet's error."""
+    app_server: str
+    error: str = None
+
+@message
+class LinkEvent:
+    link: object
+
+@message
+class LinkOpened(LinkEvent):
+    peer: object = None     # for logs only
+
+@message
+class LinkLine(LinkEvent):
+    data: bytes
+
+@message
+class FleetRegistered(LinkEvent):
+    server: object          # opaque; None: unknown or used secret
+
+@message
+class HelloTimedOut(LinkEvent):
+    pass
+
+@message
+class LinkClosed(LinkEvent):
+    pass
+
+
+# -- actions (Hash, Verify, FleetAssign and FleetRegister are answered by the
+# events Hashed, Verified, Assigned and FleetRegistered) -------------------------------
+@message
+class Reply:
+    """Answer the client's request, then read its next one."""
+    conn: object
+    reply: dict
+
+@message
+class Hash:
+    conn: object
+    password: str
+
+@message
+class Verify:
+    conn: object
+    stored: str
+    password: str
+
+@message
+class FleetAssign:
+    conn: object
+    user: str
+
+@message
+class FleetRelease:
+    user: str
+
+@message
+class FleetRegister:
+    link: object
+    secret: str
+    address: tuple
+
+@message
+class FleetHeartbeat:
+    server: object
+
+@message
+class FleetLost:
+    server: object
+    reason: str
+
+@message
+class SendLink:
+    link: object
+    msg: dict               # encoded by lib/social/applink.py
+
+@message
+class CloseLink:
+    """Close now, or once what was sent has left (`flush`); then `LinkClosed`."""
+    link: object
+    flush: bool = False
+
+@message
+class StartHelloTimer:
+    link: object
+    delay: float
+
+@message
+class StopHelloTimer:
+    link: object
+
+
+# -- states ------------------------------------------------------------------------
+class Phase(enum.Enum):
+    """Of a client connection; the driver reads one request at a time."""
+    IDLE = "idle"
+    HASHING = "hashing"         # register: waiting for Hashed
+    VERIFYING = "verifying"     # login: waiting for Verified
+    ASSIGNING = "assigning"     # login, locate: waiting for Assigned
+
+
+class LinkState(enum.Enum):
+    UNKNOWN = "unknown"         # not opened, or closed
+    HELLO = "hello"             # opened; must say hello within HELLO_TIMEOUT
+    CHECKING = "checking"       # hello sent to the fleet
+    READY = "ready"             # welcomed: relays commands
+    CLOSING = "closing"         # CloseLink sent; lines are ignored
+
+
+@dataclass
+class _Waiting:
+    phase: Phase
+    name: str
+    password: str = None
+    stored: str = None          # None: no such user (the dummy is verified)
+    reply: dict = None          # locate's reply; None: login's, made once assigned
+
+
+@dataclass
+class _Link:
+    state: LinkState
+    peer: object = None
+    server: object = None
+
+
+class LoginCore:
+    def __init__(self, store, dummy, broker="127.0.0.1:61613", ctx=None, key=None):
+        """`store`: `.state` and `.record(mutations)` (lib/social/store.py);
+        `dummy`: a hashed record, verified when the user does not exist so a
+        wrong id costs the same time as a wrong password."""
+        self.store, self.dummy, self.broker = store, dummy, broker
+        self.ctx = ctx or commands.Context()
+        self.tokens = {}            # user -> token issued by this process (memory only)
+        self.verified = {}          # user -> (stored, keyed digest of the verified password)
+        self.registering = set()    # names being hashed right now
+        self.waiting = {}           # conn -> _Waiting
+        self.links = {}             # link -> _Link
+        self._key = key or os.urandom(32)
+
+    def handle(self, event):
+        """One event -> the list of actions it calls for."""
+        if isinstance(event, ClientEvent):
+            waiting = self.waiting.get(event.conn)
+            state = waiting.phase if waiting else Phase.IDLE
+        else:
+            link = self.links.get(event.link)
+            state = link.state if link else LinkState.UNKNOWN
+        handler = _TABLE.get((type(event), state))
+        if handler is None:
+            raise IllegalEvent(f"{type(event).__name__} in state {state.name}")
+        return handler(self, event)
+
+    # -- client requests -------------------------------------------------------------
+    def _request(self, ev):
+        special = _TWO_PHASE.get(ev.request.name)
+        if special:
+            return special(self, ev.conn, ev.request.words)
+        outcome = commands.handle(self.store.state, ev.request, self.ctx, Server.LOGIN)
+        return self._complete(ev.conn, outcome)
+
+    def _complete(self, conn, outcome):
+        """Record the outcome's mutations, then carry out its effect and reply."""
+        self.store.record(outcome.mutations)
+        return _ON_EFFECT[type(outcome.effect)](self, conn, outcome)
+
+    def _just_reply(self, conn, outcome):
+        return [Reply(conn, outcome.reply)]
+
+    def _release(self, conn, outcome):
+        user = outcome.effect.user
+        self.tokens.pop(user, None)
+        if outcome.effect.forget_password:
+            self.verified.pop(user, None)
+        return [FleetRelease(user), Reply(conn, outcome.reply)]
+
+    def _assign(self, conn, outcome):   # locate
+        user = outcome.effect.user
+        self.waiting[conn] = _Waiting(Phase.ASSIGNING, user, reply=outcome.reply)
+        return [FleetAssign(conn, user)]
+
+    # -- register: usage, name, then hash off the loop ------------------------------------
+    def _register(self, conn, words):
+        reply = commands.check_register(self.store.state, words)
+        name = words[0] if words else None
+        if reply is None and name in self.registering:
+            reply = fail(f"{name} is already used")
+        if reply is not None:
+            return [Reply(conn, reply)]
+        self.registering.add(name)
+        self.waiting[conn] = _Waiting(Phase.HASHING, name)
+        return [Hash(conn, words[1])]
+
+    def _hashed(self, ev):
+        name = self.waiting.pop(ev.conn).name
+        self.registering.discard(name)
+        if ev.error:
+            log.error("hashing failed: %s", ev.error)
+            return [Reply(ev.conn, fail("Internal error, try again"))]
+        return self._complete(ev.conn, commands.finish_register(self.store.state, name, ev.stored))
+
+    # -- login: usage, password (cached or verified off the loop), then a server --------------
+    def _login(self, conn, words):
+        reply, stored = commands.check_login(self.store.state, words)
+        if reply is not None:
+            return [Reply(conn, reply)]
+        name, password = words
+        cached = self.verified.get(name)
+        if stored is not None and cached and cached[0] == stored and \
+                hmac.compare_digest(cached[1], self._digest(password)):
+            return self._login_verified(conn, name, password, stored)
+        self.waiting[conn] = _Waiting(Phase.VERIFYING, name, password, stored)
+        return [Verify(conn, stored if stored is not None else self.dummy, password)]
+
+    def _digest(self, password):
+        return hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
+
+    def _verified(self, ev):
+        w = self.waiting.pop(ev.conn)
+        if not ev.matched or w.stored is None:   # the dummy never logs anyone in
+            return [Reply(ev.conn, fail(NO_USER))]
+        return self._login_verified(ev.conn, w.name, w.password, w.stored)
+
+    def _login_verified(self, conn, name, password, stored):
+        # Repeated logins skip scrypt: remember a keyed digest, in memory only.
+        self.verified[name] = (stored, self._digest(password))
+        self.waiting[conn] = _Waiting(Phase.ASSIGNING, name)
+        return [FleetAssign(conn, name)]
+
+    def _assigned(self, ev):
+        w = self.waiting.pop(ev.conn)
+        if ev.app_server is None:
+            return [Reply(ev.conn, fail(ev.error))]
+        actions = []
+        reply = w.reply
+        if reply is None:
+            reply = self._finish_login(w.name)
+            if reply["status"] != 0:   # deleted meanwhile: give the slot back
+                actions.append(FleetRelease(w.name))
+        if reply["status"] == 0:
+            reply["app_server"], reply["broker"] = ev.app_server, self.broker
+        actions.append(Reply(ev.conn, reply))
+        return actions
+
+    def _finish_login(self, name):
+        # Decided only once the app server is ready: the state may have
+        # changed meanwhile (logout, delete, another login of this user).
+        user = self.store.state.users.get(name)
+        known = self.tokens.get(name) if user and user.session else None
+        outcome = commands.finish_login(self.store.state, name, True, self.ctx, known_token=known)
+        self.store.record(outcome.mutations)
+        if outcome.reply.get("token"):
+            self.tokens[name] = outcome.reply["token"]
+        return outcome.reply
+
+    # -- app-server links --------------------------------------------------------------
+    def _link_opened(self, ev):
+        self.links[ev.link] = _Link(LinkState.HELLO, ev.peer)
+        return [StartHelloTimer(ev.link, HELLO_TIMEOUT)]
+
+    def _hello(self, ev):
+        link = self.links[ev.link]
+        msg = _decode(ev.data)
+        actions = [StopHelloTimer(ev.link)]
+        if msg is None:
+            link.state = LinkState.CLOSING
+            return actions + [CloseLink(ev.link)]
+        address = None
+        if msg["op"] == "hello" and isinstance(msg.get("secret"), str):
+            try:
+                address = (str(msg["host"]), int(msg["port"]))
+            except (KeyError, ValueError, TypeError):
+                pass
+        if address is None:
+            return actions + self._reject(ev.link)
+        link.state = LinkState.CHECKING
+        return actions + [FleetRegister(ev.link, msg["secret"], address)]
+
+    def _registered(self, ev):
+        if ev.server is None:
+            return self._reject(ev.link)
+        link = self.links[ev.link]
+        link.state, link.server = LinkState.READY, ev.server
+        return [SendLink(ev.link, {"op": "welcome"})]
+
+    def _reject(self, link):
+        log.warning("rejected app-server link from %s", self.links[link].peer)
+        self.links[link].state = LinkState.CLOSING
+        return [SendLink(link, {"op": "rejected", "reason": "unknown or used join secret"}),
+                CloseLink(link, flush=True)]
+
+    def _hello_timed_out(self, ev):
+        self.links[ev.link].state = LinkState.CLOSING
+        return [CloseLink(ev.link)]
+
+    def _link_line(self, ev):
+        link = self.links[ev.link]
+        msg = _decode(ev.data)
+        if msg is None:
+            link.state = LinkState.CLOSING
+            return [CloseLink(ev.link)]
+        actions = [FleetHeartbeat(link.server)]   # any message shows the server alive
+        op = _LINK_OPS.get(msg["op"])
+        if op:
+            actions += op(self, ev.link, msg)
+        return actions
+
+    def _relay(self, link, msg):
+        """One client request from an app server: the reply, and what to publish."""
+        outcome = commands.handle_relayed(self.store.state, _line(msg), self.ctx)
+        self.store.record(outcome.mutations)
+        e = outcome.effect   # send, send-group: the app server publishes, then replies
+        publish = [e.destination, e.body, e.persistent] if isinstance(e, Publish) else None
+        return [SendLink(link, {"op": "reply", "id": msg.get("id"), "reply": outcome.reply,
+                                "publish": publish})]
+
+    def _nothing(self, *_):
+        return []
+
+    def _link_closed(self, ev):
+        link = self.links.pop(ev.link)
+        if link.state is LinkState.READY:
+            return [FleetLost(link.server, "link closed")]
+        if link.state is LinkState.HELLO:
+            return [StopHelloTimer(ev.link)]
+        return []
+
+
+def _line(msg):
+    # Whatever JSON value it holds is read as text; a missing line is a Bad request.
+    return str(msg["line"]) if "line" in msg else None
+
+
+def _decode(data):
+    try:
+        return applink.decode(data)
+    except ValueError:   # not JSON, not UTF-8, or no "op"
+        return None
+
+
+_TWO_PHASE = {"register": LoginCore._register, "login": LoginCore._login}
+_ON_EFFECT = {type(None): LoginCore._just_reply, Release: LoginCore._release,
+              Assign: LoginCore._assign}
+_LINK_OPS = {"cmd": LoginCore._relay, "ping": LoginCore._nothing}   # ping: the heartbeat is noted
+
+# The legal (event, state) pairs; any other raises IllegalEvent.
+_TABLE = {
+    (ClientRequest, Phase.IDLE): LoginCore._request,
+    (Hashed, Phase.HASHING): LoginCore._hashed,
+    (Verified, Phase.VERIFYING): LoginCore._verified,
+    (Assigned, Phase.ASSIGNING): LoginCore._assigned,
+    (LinkOpened, LinkState.UNKNOWN): LoginCore._link_opened,
+    (LinkLine, LinkState.HELLO): LoginCore._hello,
+    (LinkLine, LinkState.READY): LoginCore._link_line,
+    (LinkLine, LinkState.CLOSING): LoginCore._nothing,   # a rejected link, before its close
+    (FleetRegistered, LinkState.CHECKING): LoginCore._registered,
+    (HelloTimedOut, LinkState.HELLO): LoginCore._hello_timed_out,
+    **{(LinkClosed, s): LoginCore._link_closed for s in LinkState if s is not LinkState.UNKNOWN},
+}
