@@ -1,4 +1,13 @@
-"""Helpers for the live tests: real processes, real sockets on 127.0.0.1."""
+"""Helpers for the live tests: real processes, real sockets on 127.0.0.1.
+
+Environment:
+  NP_TEST_BROKER=HOST:PORT   the broker the servers use (default 127.0.0.1:61613)
+  NP_TEST_SHARED_BROKER=1    skip the tests marked `@disturbs_broker` (others use
+                             this machine's broker); CI leaves it unset
+  NP_COURSE_TESTS=DIR        the course's demo files (default ../shared/course/tests,
+                             beside the repository); tests that need them skip
+                             when the directory is absent
+"""
 import json
 import os
 import queue
@@ -10,11 +19,34 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-COURSE = os.path.join(os.path.dirname(ROOT), "shared", "course", "tests")
+COURSE = os.environ.get("NP_COURSE_TESTS") or \
+    os.path.join(os.path.dirname(ROOT), "shared", "course", "tests")
 BROKER = os.environ.get("NP_TEST_BROKER", "127.0.0.1:61613")
+SHARED_BROKER = os.environ.get("NP_TEST_SHARED_BROKER", "") not in ("", "0")
+
+
+def disturbs_broker(test):
+    """Marks a test that stops or restarts the ActiveMQ broker of this machine
+    (`scripts/activemq.sh stop|restart`): for a few seconds every program
+    using that broker loses its connection, and messages in flight may be
+    refused. With NP_TEST_SHARED_BROKER=1 (a machine whose broker others
+    use) such tests are skipped; CI runs them."""
+    test.disturbs_broker = True
+    return unittest.skipIf(SHARED_BROKER, "stops or restarts the ActiveMQ broker, and "
+                           "NP_TEST_SHARED_BROKER is set (others use this machine's broker)")(test)
+
+
+def needs_course_files(test):
+    """Marks a test (or class) that reads the course's demo files from
+    COURSE; skipped with the reason when they are absent (a fresh clone
+    has nothing beside it)."""
+    return unittest.skipUnless(os.path.isdir(COURSE), f"the course's demo files are not at {COURSE} "
+                               "(they live beside the repository, in ../shared; "
+                               "set NP_COURSE_TESTS=DIR to use another copy)")(test)
 
 
 def free_port():
@@ -23,19 +55,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=20.0, host="127.0.0.1"):
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
-
-
 def wait_for(predicate, timeout=10.0, interval=0.05):
-    """Poll `predicate` until it is true or `timeout` passes; its last value."""
+    """Poll `predicate` until it is true or `timeout` passes; its last value.
+    The way to wait for a condition: no fixed sleep in a test does that."""
     until = time.monotonic() + timeout
     while time.monotonic() < until:
         value = predicate()
@@ -43,6 +65,33 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
             return value
         time.sleep(interval)
     return predicate()
+
+
+def holds_for(predicate, seconds, interval=0.05):
+    """Is `predicate` true throughout the next `seconds` (checked every
+    `interval`)? For behaviour that is a duration ("stays silent for N s",
+    "the spare outlives the idle timeout"): False as soon as it is not."""
+    until = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            return False
+        if time.monotonic() >= until:
+            return True
+        time.sleep(min(interval, max(0.0, until - time.monotonic())))
+
+
+def accepts(port, host="127.0.0.1"):
+    """Does something accept TCP connections on host:port?"""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_port(port, timeout=20.0, host="127.0.0.1"):
+    if not wait_for(lambda: accepts(port, host), timeout):
+        raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 def children(pid):

@@ -1,5 +1,9 @@
 """lib/messaging/broker.py and scripts/activemq.sh against the real ActiveMQ on 127.0.0.1.
 
+Destinations are named as the social service names them (lib/social/commands.py
+`Context`); tests/pure/test_broker_link.py checks those names and the link's
+logic with a fake connection.
+
 Each BrokerLink runs on its own Reactor in a background thread of this test
 process (as the app server and the client would in theirs); the test thread
 talks to a reactor only through `Loop.call`. Some tests stop and restart the
@@ -20,10 +24,12 @@ sys.path.insert(0, ROOT)
 
 from lib.messaging import broker  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
+from lib.social.commands import Context  # noqa: E402
 from tests.support import wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "activemq.sh")
 PORT = int(os.environ.get("NP_BROKER_PORT", "61613"))
+NAMES = Context()   # random destinations, as the servers make them
 
 
 def activemq(command):
@@ -158,20 +164,8 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(client.wait_connected(), "%s never connected" % name)
         return client
 
-    # -- plain helpers ------------------------------------------------------------
-    def test_names_and_addresses(self):
-        q1, q2, t1 = broker.new_queue_name(), broker.new_queue_name(), broker.new_topic_name()
-        self.assertRegex(q1, r"^/queue/np\.u\.[0-9a-f]{32}$")
-        self.assertRegex(t1, r"^/topic/np\.g\.[0-9a-f]{32}$")
-        self.assertNotEqual(q1, q2)
-        self.assertEqual(broker.parse_address("10.0.0.5:61614"), ("10.0.0.5", 61614))
-        self.assertEqual(broker.parse_address("broker.local"), ("broker.local", 61613))
-        self.assertEqual(broker.parse_address("h", default_port=7), ("h", 7))
-        self.assertEqual(broker.parse_address("[::1]:5"), ("::1", 5))
-        for bad in ("", ":61613", "h:x", "h:0", "h:70000", "[::1"):
-            with self.assertRaises(ValueError, msg=bad):
-                broker.parse_address(bad)
-
+    # -- the broker script ---------------------------------------------------------
+    # (test_names_and_addresses moved to tests/pure/test_broker_link.py: it needs no broker)
     def test_ensure_is_idempotent(self):
         rc, err = activemq("ensure")
         self.assertEqual(rc, 0, err)
@@ -187,7 +181,7 @@ class BrokerTest(unittest.TestCase):
     # -- publish / subscribe --------------------------------------------------------
     def test_queue_publish_with_receipt(self):
         pub, sub = self.client("pub"), self.client("sub")
-        queue = broker.new_queue_name()
+        queue = NAMES.new_queue()
         self.assertEqual(sub.subscribe_wait(queue), (True, None))
         ok, err, latency, on_loop = pub.publish_wait(queue, "hello ünïcode", persistent=True)
         self.assertEqual((ok, err), (True, None))
@@ -211,7 +205,7 @@ class BrokerTest(unittest.TestCase):
 
     def test_topic_fanout(self):
         pub, a, b = self.client("pub"), self.client("a"), self.client("b")
-        topic = broker.new_topic_name()
+        topic = NAMES.new_topic()
         self.assertEqual(a.subscribe_wait(topic), (True, None))
         self.assertEqual(b.subscribe_wait(topic), (True, None))
         ok, err, _, _ = pub.publish_wait(topic, "to everyone")
@@ -232,7 +226,7 @@ class BrokerTest(unittest.TestCase):
         """A STOMP client subscribing to /queue/<username> or /topic/<group>
         sees nothing of what BrokerLink sends to the random names."""
         pub, sub = self.client("pub"), self.client("sub")
-        queue, topic = broker.new_queue_name(), broker.new_topic_name()
+        queue, topic = NAMES.new_queue(), NAMES.new_topic()
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(sub.subscribe_wait(topic)[0])
 
@@ -268,7 +262,7 @@ class BrokerTest(unittest.TestCase):
     # -- failures ---------------------------------------------------------------
     def test_outstanding_publishes_fail_exactly_once(self):
         pub, sub = self.client("pub"), self.client("sub")
-        queue = broker.new_queue_name()
+        queue = NAMES.new_queue()
         calls = {}
 
         def burst():
@@ -287,11 +281,12 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(pub.publish_wait(queue, "after", True)[0])
         del sub
 
+    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
     def test_zz_broker_down_then_back(self):
         """Publishing while the broker is stopped fails quickly; when it comes
         back the link reconnects and resubscribes by itself."""
         pub, sub = self.client("pub"), self.client("sub")
-        queue = broker.new_queue_name()
+        queue = NAMES.new_queue()
         self.assertTrue(sub.subscribe_wait(queue)[0])
         try:
             rc, err = activemq("stop")
@@ -313,9 +308,10 @@ class BrokerTest(unittest.TestCase):
         print("\n  reconnect after broker start: %.2f s" % (time.monotonic() - up), file=sys.stderr)
         self.assertTrue(self.publish_until_delivered(pub, sub, queue, "back"))
 
+    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
     def test_zz_restart_reconnects_and_resubscribes(self):
         pub, sub = self.client("pub"), self.client("sub")
-        queue, topic = broker.new_queue_name(), broker.new_topic_name()
+        queue, topic = NAMES.new_queue(), NAMES.new_topic()
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(sub.subscribe_wait(topic)[0])
         t0 = time.monotonic()
@@ -332,9 +328,10 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(self.publish_until_delivered(pub, sub, queue, "after restart"))
         self.assertTrue(self.publish_until_delivered(pub, sub, topic, "topic after restart"))
 
+    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
     def test_zz_persistent_message_survives_restart(self):
         pub = self.client("pub")
-        queue = broker.new_queue_name()
+        queue = NAMES.new_queue()
         self.assertEqual(pub.publish_wait(queue, "kept", persistent=True)[:2], (True, None))
         self.assertEqual(pub.publish_wait(queue, "dropped", persistent=False)[:2], (True, None))
         rc, err = activemq("restart")

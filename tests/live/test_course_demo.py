@@ -1,9 +1,13 @@
 """The course's own demo files, run through ./client against one fresh
-./server each set, byte for byte (lines starting with <<< removed)."""
+./server each set, byte for byte (lines starting with <<< removed).
+
+The files are the course's, not this repository's: they live beside it
+(../shared/course/tests, or NP_COURSE_TESTS=DIR). Without them these tests
+skip and say why; CI has them and runs them."""
 import os
 import unittest
 
-from tests.support import COURSE, LoginServer, run_client, without_chat
+from tests.support import COURSE, LoginServer, needs_course_files, run_client, without_chat
 
 
 def demo_files(name):
@@ -15,10 +19,14 @@ def demo_files(name):
     return [(os.path.join(base, "input.txt"), os.path.join(base, "output.txt"))]
 
 
+@needs_course_files
 class CourseDemoTest(unittest.TestCase):
     def run_set(self, name):
+        files = demo_files(name)
+        missing = [path for pair in files for path in pair if not os.path.isfile(path)]
+        self.assertEqual(missing, [], f"{name}: demo files missing under {COURSE}")
         with LoginServer() as server:
-            for test, answer in demo_files(name):
+            for test, answer in files:
                 with self.subTest(file=os.path.basename(test)):
                     with open(test) as f, open(answer) as g:
                         got = without_chat(run_client(server.port, f.read()))

@@ -24,7 +24,7 @@ import threading
 import time
 import unittest
 
-from tests.support import PYTHON, ROOT, Conn, LoginServer, login_many, wait_for
+from tests.support import PYTHON, ROOT, Conn, LoginServer, disturbs_broker, login_many, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
@@ -110,7 +110,7 @@ class LoginServerCrashTest(unittest.TestCase):
             t.start()
         # kill in the middle of the stream: once plenty is acknowledged, at a random moment
         self.assertTrue(wait_for(lambda: total[0] >= 400, timeout=60), f"only {total[0]} writes acknowledged")
-        time.sleep(random.Random(6).uniform(0.0, 0.2))
+        time.sleep(random.Random(6).uniform(0.0, 0.2))   # not a wait: the kill lands at a random moment
         server.kill9()
         stop.set()
         for t in threads:
@@ -200,6 +200,7 @@ class AppServerCrashTest(unittest.TestCase):
 # ----------------------------------------------------------------------------------------
 @unittest.skipUnless(os.path.exists(ACTIVEMQ), "no broker setup script")
 class BrokerRestartTest(unittest.TestCase):
+    @disturbs_broker
     def test_no_acknowledged_send_is_lost_across_a_broker_restart(self):
         subprocess.run([ACTIVEMQ, "ensure"], check=True, stdout=subprocess.DEVNULL)
         server = with_accounts(LoginServer("--idle-timeout", "600"), {"ann": "pw", "ben": "pw"}).start()
@@ -227,7 +228,7 @@ class BrokerRestartTest(unittest.TestCase):
                 if reply == SUCCESS and restarted.is_set():
                     after.append(i)
                 i += 1
-                time.sleep(0.01)
+                time.sleep(0.01)   # not a wait: the stream's pace, sends keep coming through the restart
 
         t = threading.Thread(target=stream, daemon=True)
         t.start()

@@ -126,6 +126,7 @@ class MessagingTest(unittest.TestCase):
         finally:
             spy.disconnect()
 
+    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
     def test_broker_restart_between_two_sends_and_persistence(self):
         one, two = self.client(), self.client()
         for u in ("ann", "ben"):
