@@ -3,7 +3,7 @@
 
 Thin main: argparse and wiring; the driver is lib/hub/server.py, the session
 state machine lib/hub/session.py, the datagram codec lib/hub/wire.py. The
-accounts file (users.txt format) is re-read when it changes. Protocol: shared/spec/UDP-HUB.md; overview: docs/udp-hub.md.
+accounts file (users.txt format) is re-read when it changes. Protocol and overview: docs/udp-hub.md.
 """
 import argparse
 import logging

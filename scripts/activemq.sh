@@ -13,7 +13,7 @@
 # is the STOMP port. There is one
 # broker per machine: `ensure` with another port rewrites its configuration
 # and restarts it on the new port.
-# Pitfalls handled here are measured in ../../shared/infra/README.md: the
+# Pitfalls handled here (measured on Debian's ActiveMQ 5.17): the
 # package has no STOMP connector and logs nothing; a stale pidfile (kill -9,
 # or a zombie java that PID 1 has not reaped yet) makes the init script start
 # nothing, silently; the init script sleeps 5 s blindly unless STARTTIME=0.

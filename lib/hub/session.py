@@ -5,7 +5,7 @@ Bring your own I/O (like h11): nothing here touches a socket or a clock.
 `Hub.timer(key, now)` return a list of actions -- `Send`, `SetTimer`,
 `CancelTimer` (lib/hub/actions.py) and `Verify` (here) -- that a driver
 (lib/hub/server.py) carries out. The datagrams are read and written by
-lib/hub/wire.py; their exact strings are fixed by shared/spec/UDP-HUB.md.
+lib/hub/wire.py; their exact strings are fixed by docs/udp-hub.md.
 docs/udp-hub.md explains the states and timers.
 """
 import enum

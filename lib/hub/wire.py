@@ -2,7 +2,7 @@
 protocol's constants; shared by the hub (lib/hub/session.py) and the client
 (lib/clients/udp.py).
 
-Every form is fixed by shared/spec/UDP-HUB.md; `X.text()` builds a datagram,
+Every form is fixed by the hub's contract (docs/udp-hub.md); `X.text()` builds a datagram,
 `parse()` reads one (bytes or str, trailing newline tolerated) or raises
 `Malformed`. Tokens and MSGIDs are generated here too: their alphabet and
 length are part of the wire format. Pure: no socket, no clock, no state.
@@ -47,7 +47,7 @@ def is_msgid(text):
 
 # -- datagrams ----------------------------------------------------------------
 class Malformed(ValueError):
-    """The datagram matches no form of UDP-HUB.md."""
+    """The datagram matches no form of the contract."""
 
 
 @dataclass(frozen=True)

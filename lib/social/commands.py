@@ -370,7 +370,7 @@ def handle_relayed(state, line, ctx):
 
 
 def handle(state, request, ctx, served_by):
-    """Every token command, in the priority order of PROTOCOL.md §3:
+    """Every token command, in the priority order of docs/protocol.md §3:
     unknown command, token, argument count, wrong server, own checks.
     register/login are not handled here (see check_/finish_ above)."""
     command = request.command

@@ -1,5 +1,5 @@
 """The np-social TCP protocol: the command table, request parsing, reply
-encoding and what the client prints (PROTOCOL.md; every string is exact).
+encoding and what the client prints (docs/protocol.md; every string is exact).
 
 Nothing here touches a socket.
 """
@@ -16,7 +16,7 @@ SUCCESS = "Success!"
 
 
 class Server(enum.Enum):
-    """Who serves a command (PROTOCOL.md §6)."""
+    """Who serves a command (docs/protocol.md §6)."""
     LOGIN = "login"
     APP = "app"
 
@@ -107,7 +107,7 @@ def fail(message, **fields):
 
 
 def listing(key, items):
-    """List replies carry no `message` key (PROTOCOL.md §4)."""
+    """List replies carry no `message` key (docs/protocol.md §4)."""
     return {"status": 0, key: list(items)}
 
 
@@ -118,7 +118,7 @@ def encode(obj):
     return (_ENCODE(obj) + "\n").encode("utf-8")
 
 
-# -- what the client prints (PROTOCOL.md §5) --------------------------------
+# -- what the client prints (docs/protocol.md §5) --------------------------------
 _LISTS = (("invite", "No invitations"), ("friend", "No friends"),
           ("post", "No posts"), ("group", "No groups"))
 

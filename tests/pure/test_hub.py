@@ -1,7 +1,7 @@
 """Pure tests of the UDP hub's sessions (lib/hub/session.py), and a hub and two
 clients wired together in memory; no sockets.
 
-Every edge of the server diagram (shared/seeds/002, shared/spec/UDP-HUB.md)
+Every edge of the server diagram (docs/udp-hub.md)
 has a test named after it; the client diagram's are in test_hub_client.py,
 the codec's tests in test_hub_wire.py.
 """

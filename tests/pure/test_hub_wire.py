@@ -1,5 +1,5 @@
 """Pure tests of the UDP hub's wire format (lib/hub/wire.py): every datagram
-of shared/spec/UDP-HUB.md round trips, tokens and MSGIDs, framing by the name
+of docs/udp-hub.md round trips, tokens and MSGIDs, framing by the name
 rule, NFC. No sockets."""
 import unittest
 

@@ -1,5 +1,5 @@
 """Command semantics without sockets: every failure of every command, in
-priority order (PROTOCOL.md §3-§4), and the orders the course's answers need."""
+priority order (docs/protocol.md §3-§4), and the orders the course's answers need."""
 import itertools
 import unittest
 
