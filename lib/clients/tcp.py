@@ -1,393 +1,248 @@
 """The TCP social client: `./client HOST PORT < testcase > output`.
 
-`ClientCore` is the pure part (no sockets): it keeps a token per user, turns
-a typed line into a wire request and a destination (PROTOCOL.md §2), and
-turns a reply into printed lines and subscription changes (§5).
-`TcpClient` drives it on one reactor over stdin, its TCP connections and the
-broker link (whose receiver thread only wakes the reactor up).
+`TcpClient` is the driver around `ClientMachine` (tcp_machine.py): it turns
+stdin, its TCP connections, timers and the broker link into events, and runs
+the actions the machine returns. It decides nothing: connecting without
+blocking the loop and moving bytes is all it does.
 """
-import json
+import collections
+import errno
 import logging
+import os
 import socket
 import sys
-from dataclasses import dataclass, field
 
-from lib.loop.address import format_address, parse_address
-from lib.social import applink, protocol
-from lib.social.protocol import COMMANDS, Server
+from lib.clients.tcp_events import (
+    CancelTimer, ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, EndOfInput, Print,
+    ReplyLine, Send, SetTimer, StartBroker, Stop, Subscribe, Subscribed, TimerFired, Typed,
+    Unsubscribe)
+from lib.clients.tcp_machine import ClientMachine
 from lib.loop.reactor import Reactor
+from lib.loop.timers import TimerTable
 from lib.loop.transports import LineConnection, LineReader
+from lib.social import applink
 
 log = logging.getLogger("client")
 
-LOGIN_SERVER = "login"        # Step.target for the login server; else a user name (their app server)
+RESOLVER = "resolve"          # worker pool for host names (DNS may block)
+DEFAULT_BROKER = "127.0.0.1:61613"
+_IN_PROGRESS = (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR)
 
 
-@dataclass
-class Login:
-    token: str
-    app: tuple = None             # (host, port) of this user's application server
-    queue: str = None
-    topics: dict = field(default_factory=dict)   # group -> broker destination
+class _Connector:
+    """One non-blocking connect to (host, port): each resolved address in
+    turn, completion when the socket turns writable, the outcome from
+    SO_ERROR. Its timeout is the machine's (ConnectTimeout, then Close)."""
 
-    def destinations(self):
-        return ([self.queue] if self.queue else []) + list(self.topics.values())
+    def __init__(self, driver, address):
+        self.driver, self.reactor, self.address = driver, driver.reactor, address
+        self.sock = None
+        self.infos = []
+        self.error = "no address"
+        self.aborted = False
 
+    def start(self):
+        host, port = self.address
+        try:
+            self.infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                            flags=socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            # a host name: resolve it off the loop
+            self.reactor.run_in_thread(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM,
+                                       done=self._resolved, pool=RESOLVER)
+            return
+        self._try_next()
 
-@dataclass
-class Step:
-    """One request: what to send, where, and for whom."""
-    name: str
-    wire: str
-    target: str                   # LOGIN_SERVER or the user whose app server serves it
-    user: str = None
-    with_token: bool = False
+    def _resolved(self, infos, error):
+        if self.aborted:
+            return
+        if error is not None:
+            self.error = str(error)
+        self.infos = list(infos or [])
+        self._try_next()
 
+    def _try_next(self):
+        while self.infos:
+            family, kind, proto, _, sockaddr = self.infos.pop(0)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as e:
+                self.error = str(e)
+                continue
+            try:
+                sock.setblocking(False)
+                err = sock.connect_ex(sockaddr)
+            except OSError as e:
+                sock.close()
+                self.error = str(e)
+                continue
+            if err in _IN_PROGRESS:
+                self.sock = sock
+                self.reactor.add_writer(sock, self._writable)
+                return
+            sock.close()
+            self.error = os.strerror(err)
+        self.driver.connect_failed(self, self.error)
 
-EXIT = object()
+    def _writable(self):
+        # The reactor runs writers in its output phase, which runs no
+        # application code: the outcome is handled in the next input phase.
+        self.reactor.remove_writer(self.sock)
+        self.reactor.call_soon(self._check)
 
+    def _check(self):
+        if self.aborted:
+            return
+        sock, self.sock = self.sock, None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self.error = os.strerror(err)
+            self._try_next()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.driver.connected(self, sock)
 
-class ClientCore:
-    def __init__(self):
-        self.logins = {}          # user -> Login
-
-    def route(self, line):
-        """A typed line -> Step, EXIT, or None (blank)."""
-        if line.strip() == "exit":
-            return EXIT
-        words = line.split()
-        if not words:
-            return None
-        name = words[0]
-        command = COMMANDS.get(name)
-        if name in ("register", "login") or len(words) == 1:
-            return Step(name, " ".join(words), LOGIN_SERVER, words[1] if len(words) > 1 else None)
-        user = words[1]
-        login = self.logins.get(user)
-        if login is None:
-            # No token: drop the user; the login server answers Not login yet.
-            return Step(name, " ".join([name] + words[2:]), LOGIN_SERVER, user)
-        wire = " ".join([name, login.token] + words[2:])
-        on_app = command is not None and command.server is Server.APP
-        return Step(name, wire, user if on_app else LOGIN_SERVER, user, with_token=True)
-
-    def app_of(self, user):
-        login = self.logins.get(user)
-        return login.app if login else None
-
-    def on_reply(self, step, reply):
-        """-> (lines to print, destinations to subscribe, destinations to drop),
-        destinations as (user, destination) pairs."""
-        lines = protocol.render(reply)
-        add, drop = [], []
-        ok = reply.get("status") == 0
-        login = self.logins.get(step.user) if step.user else None
-        if step.name == "login" and ok and "token" in reply:
-            old = self.logins.get(step.user)
-            new = Login(reply["token"], _address(reply.get("app_server")), reply.get("queue"),
-                        dict(reply.get("topics") or {}))
-            if old:
-                drop += [(step.user, d) for d in old.destinations()]
-            self.logins[step.user] = new
-            add += [(step.user, d) for d in new.destinations()]
-        elif step.name in ("logout", "delete") and ok and login:
-            del self.logins[step.user]
-            drop += [(step.user, d) for d in login.destinations()]
-        elif step.name == "locate" and ok and login:
-            login.app = _address(reply.get("app_server"))
-        elif step.with_token and login and reply.get("message") == protocol.NOT_LOGIN:
-            # The server no longer knows this token (deleted elsewhere): forget it.
-            del self.logins[step.user]
-            drop += [(step.user, d) for d in login.destinations()]
-        if ok and login and step.user in self.logins and reply.get("topics"):
-            for group, dest in reply["topics"].items():
-                if login.topics.get(group) != dest:
-                    login.topics[group] = dest
-                    add.append((step.user, dest))
-        return lines, add, drop
-
-
-def _address(text):
-    return parse_address(text) if text else None
+    def close(self):
+        self.aborted = True
+        if self.sock is not None:
+            self.reactor.forget(self.sock)
+            self.sock.close()
+            self.sock = None
 
 
 class TcpClient:
-    """The driver: one request at a time, in input order; chat lines are
-    printed as they arrive."""
-
-    REPLY_TIMEOUT = 30.0
-    DRAIN = 0.5                   # seconds a logged-out user's subscriptions stay
-    LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
-    RELOCATE_DELAY, RELOCATE_TRIES = 0.25, 40   # locate naming the dead server again: retry for 10 s
+    """Runs a ClientMachine on one reactor over stdin, TCP and the broker."""
 
     def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0):
         self.reactor = Reactor(workers=1)
-        self.login_address = (host, port)
-        self.core = ClientCore()
+        self.reactor.add_pool(RESOLVER, 1)
+        self.machine = ClientMachine((host, port), linger=linger)
+        self.timers = TimerTable(self.reactor, lambda key: self.feed(TimerFired(key)))
         self.out = out
-        self.linger = linger
         self.stdin_fd = stdin_fd
-        self.lines = []
-        self.eof = False
-        self.conns = {}           # (host, port) -> LineConnection
-        self.step = None          # the request in flight
-        self._retried = False
-        self._dead, self._relocations = None, 0   # the app server that just failed us
-        self._timer = None
+        self.conns = {}           # address -> _Connector, then LineConnection
         self.broker = None
-        self.subs = {}            # destination -> set of local users subscribed
-        self._stopping = False
-        self._dropping = set()    # (user, destination) pairs being drained
-        self._unconfirmed = 0     # subscriptions the broker has not confirmed yet
-        self._sub_timer = None
         self.exit_code = 0
+        self._events = collections.deque()
+        self._feeding = False
 
-    # -- output ------------------------------------------------------------------------
-    def emit(self, lines):
-        if lines:
-            self.out.write("".join(line + "\n" for line in lines))
-            self.out.flush()
-
-    # -- input -------------------------------------------------------------------------
     def run(self):
-        LineReader(self.reactor, self.stdin_fd, self._typed, self._end_of_input)
+        LineReader(self.reactor, self.stdin_fd, lambda line: self.feed(Typed(line)),
+                   lambda: self.feed(EndOfInput()))
         self.reactor.run()
-        for conn in list(self.conns.values()):
-            conn.close()
+        for address in list(self.conns):
+            self._close(Close(address))
         if self.broker:
             self.broker.close()
         return self.exit_code
 
-    def _typed(self, line):
-        if not self.eof:          # nothing after `exit` counts
-            self.lines.append(line)
-            self._next()
-
-    def _end_of_input(self):
-        self.eof = True
-        self._next()
-
-    # -- requests ----------------------------------------------------------------------
-    def _next(self):
-        while self.step is None:
-            if not self.lines:
-                if self.eof:
-                    self._finish()
-                return
-            step = self.core.route(self.lines.pop(0))
-            if step is EXIT:
-                self.lines.clear()
-                self.eof = True
-                self._finish()
-                return
-            if step is not None:
-                self._retried = False
-                self._dead, self._relocations = None, 0
-                self._send(step)
-
-    def _send(self, step):
-        self.step = step
-        if step.target == LOGIN_SERVER:
-            address = self.login_address
-        else:
-            address = self.core.app_of(step.target)
-            if address is None:
-                self._relocate()
-                return
-        conn = self._connect(address)
-        if conn is None:
-            self._failed(address)
+    def feed(self, event):
+        """Hand `event` to the machine and run its actions. An action that
+        causes an event at once (a connect refused on the spot) queues it
+        behind the actions still to run, so the machine sees events in order."""
+        self._events.append(event)
+        if self._feeding:
             return
-        conn.send((step.wire + "\n").encode("utf-8"))
-        timeout = self.LAUNCH_TIMEOUT if step.name in ("login", "locate") else self.REPLY_TIMEOUT
-        self._timer = self.reactor.call_later(timeout, self._timed_out, conn)
-
-    def _connect(self, address):
-        conn = self.conns.get(address)
-        if conn is not None and not conn.closed:
-            return conn
+        self._feeding = True
         try:
-            sock = socket.create_connection(address, timeout=5.0)
-        except OSError as e:
-            log.debug("connect %s: %s", address, e)
-            return None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = LineConnection(self.reactor, sock, self._on_reply, on_close=self._on_closed,
+            while self._events:
+                for action in self.machine.feed(self._events.popleft()):
+                    _DO[type(action)](self, action)
+        finally:
+            self._feeding = False
+
+    # -- connections ----------------------------------------------------------------------
+    def _connect(self, action):
+        connector = self.conns[action.address] = _Connector(self, action.address)
+        connector.start()
+
+    def connected(self, connector, sock):
+        if self.conns.get(connector.address) is not connector:
+            sock.close()
+            return
+        conn = LineConnection(self.reactor, sock, self._on_line, on_close=self._on_close,
                               max_line=applink.MAX_LINE, quiet=None)
-        conn.address = address
-        self.conns[address] = conn
-        return conn
+        conn.address = connector.address
+        self.conns[conn.address] = conn
+        self.feed(Connected(conn.address))
 
-    def _on_reply(self, conn, raw):
-        step = self.step
-        if step is None:
-            return   # nothing asked: ignore
-        if self._timer:
-            self._timer.cancel()
-        try:
-            reply = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            reply = protocol.fail("Error: unreadable reply from server")
-        self.step = None
-        if getattr(step, "retry", None):       # a locate made on behalf of `step.retry`
-            self._located(step, reply)
-            return
-        lines, add, drop = self.core.on_reply(step, reply)
-        self.emit(lines)
-        self._resubscribe(add, drop, reply.get("broker"))
-        self._next_when_subscribed()
+    def connect_failed(self, connector, error):
+        if self.conns.get(connector.address) is connector:
+            del self.conns[connector.address]
+            self.feed(ConnectFailed(connector.address, error))
 
-    def _on_closed(self, conn):
+    def _on_line(self, conn, raw):
+        self.feed(ReplyLine(conn.address, raw))
+
+    def _on_close(self, conn):
         if self.conns.get(conn.address) is conn:
             del self.conns[conn.address]
-        step = self.step
-        if step is not None and self._address_of(step) == conn.address:
-            if self._timer:
-                self._timer.cancel()
-            self._failed(conn.address)
+            self.feed(Closed(conn.address))
 
-    def _address_of(self, step):
-        if step.target == LOGIN_SERVER:
-            return self.login_address
-        return self.core.app_of(step.target)
+    def _send(self, action):
+        conn = self.conns.get(action.address)
+        if isinstance(conn, LineConnection):
+            # closed meanwhile: send() drops it, and Closed is on its way
+            conn.send((action.line + "\n").encode("utf-8"))
+        else:
+            log.warning("send to %s: not connected", action.address)
 
-    def _failed(self, address):
-        """The request got no reply: the server is gone or closed on us."""
-        step, self.step = self.step, None
-        if step.target != LOGIN_SERVER and not self._retried:
-            self._retried = True
-            self._dead = address
-            self.step = step
-            self._relocate()
-            return
-        if step.target == LOGIN_SERVER and not self._retried and getattr(step, "retry", None) is None:
-            self._retried = True       # perhaps an idle connection it had closed: once more
-            self._send(step)
-            return
-        if getattr(step, "retry", None):
-            step = step.retry
-        self.emit([f"Error: cannot reach the server at {format_address(*address)}"])
-        self._next()
+    def _close(self, action):
+        conn = self.conns.pop(action.address, None)
+        if isinstance(conn, LineConnection):
+            conn.on_close = None  # the machine asked: no Closed event
+        if conn is not None:
+            conn.close()
 
-    def _relocate(self):
-        """Ask the login server for the user's (new) application server."""
-        original = self.step
-        self.step = None
-        login = self.core.logins.get(original.target)
-        if login is None:
-            self.emit([protocol.NOT_LOGIN])
-            self._next()
-            return
-        locate = Step("locate", f"locate {login.token}", LOGIN_SERVER, original.target, with_token=True)
-        locate.retry = original
-        self._send(locate)
+    # -- output, timers, the end ------------------------------------------------------------
+    def _print(self, action):
+        try:
+            self.out.write("".join(line + "\n" for line in action.lines))
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            self.exit_code = 1    # nobody reads our output any more
+            self.reactor.stop()
 
-    def _located(self, locate, reply):
-        original = locate.retry
-        lines, add, drop = self.core.on_reply(locate, reply)
-        if reply.get("status") == 0 and self.core.app_of(original.target):
-            if self.core.app_of(original.target) == self._dead and self._relocations < self.RELOCATE_TRIES:
-                # The login server has not noticed the death yet (it learns
-                # of it within ms, or by the heartbeat timeout): ask again.
-                self._relocations += 1
-                self.step = original
-                self.reactor.call_later(self.RELOCATE_DELAY, self._relocate)
-                return
-            self._send(original)          # silently, on the new server
-            return
-        self.emit(lines)                  # e.g. Not login yet: the user must log in again
-        self._resubscribe(add, drop, None)
-        self._next_when_subscribed()
+    def _set_timer(self, action):
+        self.timers.set(action.key, action.delay)
 
-    def _timed_out(self, conn):
-        self.emit(["Error: no reply from server"])
-        conn.close()
+    def _cancel_timer(self, action):
+        self.timers.cancel(action.key)
 
-    # -- broker ------------------------------------------------------------------------
-    def _resubscribe(self, add, drop, broker_address):
-        """Messages sent while a user was online may still be in flight when
-        the logout reply arrives (broker dispatch is slower than our request
-        loop): drops take effect after DRAIN seconds, unless re-added."""
-        for pair in add:
-            self._dropping.discard(pair)
-        if drop:
-            self._dropping.update(drop)
-            self.reactor.call_later(self.DRAIN, self._drop, drop)
-        if not add:
-            return
-        if self.broker is None:
-            self._start_broker(broker_address)
-        for user, dest in add:
-            users = self.subs.setdefault(dest, set())
-            if not users and self.broker:
-                self._unconfirmed += 1
-                self.broker.subscribe(dest, done=self._subscribed)
-            users.add(user)
+    def _stop(self, action):
+        self.exit_code = self.exit_code or action.exit_code
+        self.reactor.stop()
 
-    def _drop(self, drop):
-        for pair in drop:
-            if pair not in self._dropping:
-                continue      # logged in again meanwhile
-            self._dropping.discard(pair)
-            user, dest = pair
-            users = self.subs.get(dest)
-            if users is not None:
-                users.discard(user)
-                if not users:
-                    del self.subs[dest]
-                    if self.broker:
-                        self.broker.unsubscribe(dest)
-
-    def _subscribed(self, ok, error):
-        self._unconfirmed = max(0, self._unconfirmed - 1)
-        if not ok:
-            log.warning("subscription failed: %s", error)
-        if self._unconfirmed == 0 and self._sub_timer:
-            self._sub_timer.cancel()
-            self._sub_timer = None
-            self._next()
-
-    def _next_when_subscribed(self):
-        """Topics are not durable: the next command (say, a send-group) waits
-        until the broker has confirmed our new subscriptions, or 2 s."""
-        if self._unconfirmed == 0:
-            self._next()
-            return
-
-        def give_up():
-            self._sub_timer = None
-            self._unconfirmed = 0
-            log.warning("broker did not confirm subscriptions; going on")
-            self._next()
-
-        self._sub_timer = self.reactor.call_later(2.0, give_up)
-
-    def _start_broker(self, address):
+    # -- broker ----------------------------------------------------------------------------
+    def _start_broker(self, action):
         try:
             from lib.messaging import broker
-        except ImportError:
+        except ImportError:       # no stomp.py: no chat, every subscription fails
             return
-        host, port = broker.parse_address(address or "127.0.0.1:61613")
-        self.broker = broker.BrokerLink(self.reactor, host, port, on_message=self._chat, name="client")
+        host, port = broker.parse_address(action.address or DEFAULT_BROKER)
+        self.broker = broker.BrokerLink(self.reactor, host, port, name="client",
+                                        on_message=lambda dest, body, headers:
+                                        self.feed(ChatMessage(dest, body)))
         self.broker.start()
 
-    def _chat(self, destination, body, headers):
-        try:
-            line = protocol.render_chat(body)
-            recipients = set(protocol.chat_recipients(body))
-        except (ValueError, KeyError, TypeError):
+    def _subscribe(self, action):
+        if self.broker is None:
+            self.feed(Subscribed(False, "no broker link"))
             return
-        # once per recipient (online when it was sent) subscribed on this client
-        local = self.subs.get(destination, ())
-        self.emit([line] * sum(1 for user in local if user in recipients))
+        self.broker.subscribe(action.destination, done=lambda ok, error: self.feed(Subscribed(ok, error)))
 
-    def _finish(self):
-        if not self.subs or self.linger <= 0:
-            self.reactor.stop()
-        elif not self._stopping:
-            # let in-flight chat messages (and drains) arrive before we go
-            self._stopping = True
-            self.reactor.call_later(self.linger, self.reactor.stop)
+    def _unsubscribe(self, action):
+        if self.broker:
+            self.broker.unsubscribe(action.destination)
+
+
+_DO = {
+    Connect: TcpClient._connect, Send: TcpClient._send, Close: TcpClient._close,
+    Print: TcpClient._print, SetTimer: TcpClient._set_timer, CancelTimer: TcpClient._cancel_timer,
+    Stop: TcpClient._stop, StartBroker: TcpClient._start_broker, Subscribe: TcpClient._subscribe,
+    Unsubscribe: TcpClient._unsubscribe,
+}
 
 
 def main(argv):

@@ -1,7 +1,7 @@
 """The client's pure part: routing (PROTOCOL.md §2), tokens, subscriptions."""
 import unittest
 
-from lib.clients.tcp import EXIT, LOGIN_SERVER, ClientCore
+from lib.clients.tcp_routing import EXIT, LOGIN_SERVER, ClientCore
 
 
 class ClientCoreTest(unittest.TestCase):

@@ -1,0 +1,413 @@
+"""The TCP client as a state machine: events in, actions out, no I/O.
+
+One user request at a time, in input order (PROTOCOL.md §2, §5):
+
+    IDLE --typed line--> WAITING_REPLY --reply--> IDLE, or WAITING_SUBSCRIPTIONS --> IDLE
+    WAITING_REPLY --login server: closed, refused, timed out--> RETRYING (sent once more)
+    WAITING_REPLY --app server: the same--> RELOCATING --new server named--> RETRYING
+    RELOCATING --the dead server named again--> RELOCATE_WAIT --0.25 s--> RELOCATING
+    RETRYING, RELOCATING --fail--> "Error: cannot reach the server at A" --> IDLE
+    IDLE --exit, end of input--> LINGERING --linger--> DONE (at once: no subscriptions)
+
+A request whose user has no known app server starts in RELOCATING; one
+located that way is a first attempt (WAITING_REPLY). Each request gets one
+retry: a connection the login server had closed, or a move to the user's
+new app server. A state change the table does not list raises
+`IllegalTransition`; an event a state does not expect raises `IllegalEvent`.
+Connections (CONNECTING -> OPEN -> gone) are tracked by address beside the
+states; time comes in only as `TimerFired`.
+"""
+import collections
+import enum
+import json
+import logging
+from dataclasses import dataclass
+
+from lib.clients.tcp_events import (
+    CancelTimer, ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, ConnectTimeout,
+    Drain, EndOfInput, Print, ReplyLine, Send, SetTimer, StartBroker, Stop, Subscribe, Subscribed,
+    Timer, TimerFired, Typed, Unsubscribe)
+from lib.clients.tcp_routing import EXIT, LOGIN_SERVER, ClientCore, Step, chat_lines
+from lib.loop.address import format_address
+from lib.social import protocol
+
+log = logging.getLogger("client")
+
+REPLY_TIMEOUT = 30.0
+LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
+CONNECT_TIMEOUT = 5.0
+DRAIN = 0.5                   # seconds a logged-out user's subscriptions stay
+SUBSCRIBE_TIMEOUT = 2.0       # wait for the broker's confirmation before the next command
+RELOCATE_DELAY, RELOCATE_TRIES = 0.25, 40   # locate naming the dead server again: retry for 10 s
+NO_REPLY = "Error: no reply from server"
+UNREADABLE = "Error: unreadable reply from server"
+
+
+# -- states ----------------------------------------------------------------------------------
+class State(enum.Enum):
+    IDLE = "idle"                     # nothing on its way; the next typed line starts a request
+    WAITING_REPLY = "waiting reply"   # a request's first attempt: connecting or sent
+    RETRYING = "retrying"             # its second attempt; a failure now is reported
+    RELOCATING = "relocating"         # a locate on behalf of the request: where is the app server?
+    RELOCATE_WAIT = "relocate wait"   # locate named the dead server again: ask again soon
+    WAITING_SUBSCRIPTIONS = "waiting subscriptions"   # broker confirmations before the next line
+    LINGERING = "lingering"           # input over; chat may still arrive
+    DONE = "done"                     # Stop sent; nothing more happens
+
+
+IDLE, WAITING_REPLY, RETRYING, RELOCATING, RELOCATE_WAIT, WAITING_SUBSCRIPTIONS, LINGERING, DONE = State
+ON_THE_WIRE = (WAITING_REPLY, RETRYING, RELOCATING)    # the states that have an exchange
+SERVING = (*ON_THE_WIRE, RELOCATE_WAIT)                # the states that have a request
+BUSY = (*SERVING, WAITING_SUBSCRIPTIONS)               # typed lines wait their turn
+ENDED = (IDLE, WAITING_SUBSCRIPTIONS)                  # where a finished request leads
+
+TRANSITIONS = {
+    # IDLE -> IDLE: a request over before it started (no token left to locate with)
+    IDLE: {WAITING_REPLY, RELOCATING, LINGERING, DONE, IDLE},
+    WAITING_REPLY: {RETRYING, RELOCATING, *ENDED},
+    RETRYING: {*ENDED},
+    RELOCATING: {WAITING_REPLY, RETRYING, RELOCATE_WAIT, *ENDED},
+    RELOCATE_WAIT: {RELOCATING, *ENDED},
+    WAITING_SUBSCRIPTIONS: {IDLE},
+    LINGERING: {DONE},
+    DONE: set(),
+}
+
+
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class IllegalEvent(RuntimeError):
+    pass
+
+
+@dataclass
+class Request:
+    """The user's request being served, with its failover history."""
+    step: Step
+    dead: tuple = None            # the app server that failed it: a locate naming it again waits
+    relocations: int = 0          # locates that named `dead` again
+
+
+@dataclass
+class Exchange:
+    """One line on its way to one server (the request itself, or a locate)."""
+    address: tuple
+    step: Step
+    timeout: float
+    sent: bool = False            # False while the connection is being made
+
+
+class ClientMachine:
+    """Feed events with `feed(event)`; run the actions it returns, in order."""
+
+    def __init__(self, login_address, linger=0.5):
+        self.login_address = tuple(login_address)
+        self.linger = linger
+        self.core = ClientCore()
+        self.state = IDLE
+        self.lines = collections.deque()   # typed, not yet started
+        self.eof = False
+        self.request = None       # Request, in every state between IDLE and its end
+        self.exchange = None      # Exchange, exactly in ON_THE_WIRE
+        self.conns = {}           # address -> ConnState
+        self.subs = {}            # destination -> set of local users subscribed
+        self.draining = set()     # (user, destination) pairs dropped after DRAIN
+        self.unconfirmed = 0      # subscriptions the broker has not confirmed yet
+        self.broker_started = False
+
+    def feed(self, event):
+        """One event -> the list of actions it causes."""
+        if self.state is DONE:
+            return []
+        handler = _ON_EVENT.get((self.state, type(event))) or _IN_ANY_STATE.get(type(event))
+        if handler is None:
+            raise IllegalEvent(f"{type(event).__name__} in {self.state.name}")
+        return handler(self, event)
+
+    def _goto(self, state):
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.state.name} -> {state.name}")
+        self.state = state
+
+    # -- input -------------------------------------------------------------------------
+    def _typed_when_idle(self, event):
+        self.lines.append(event.line)
+        return self._next()
+
+    def _typed_when_busy(self, event):
+        self.lines.append(event.line)
+        return []
+
+    def _input_over(self, event):
+        self.eof = True
+        return self._next() if self.state is IDLE else []
+
+    def _ignore(self, event):
+        return []
+
+    def _next(self):
+        """In IDLE: start the next typed request, or finish at the end of input."""
+        actions = []
+        while self.state is IDLE:
+            if not self.lines:
+                if self.eof:
+                    actions += self._finish()
+                return actions
+            step = self.core.route(self.lines.popleft())
+            if step is EXIT:      # nothing after `exit` counts
+                self.lines.clear()
+                self.eof = True
+            elif step is not None:
+                actions += self._start(step)
+        return actions
+
+    def _finish(self):
+        if not self.subs or self.linger <= 0:
+            self._goto(DONE)
+            return [Stop(0)]
+        self._goto(LINGERING)     # let in-flight chat messages (and drains) arrive
+        return [SetTimer(Timer.LINGER, self.linger)]
+
+    def _stop(self, key):
+        self._goto(DONE)
+        return [Stop(0)]
+
+    # -- requests ----------------------------------------------------------------------
+    def _start(self, step):
+        self.request = Request(step)
+        if step.target == LOGIN_SERVER:
+            return self._exchange(WAITING_REPLY, self.login_address, step)
+        address = self.core.app_of(step.target)
+        if address is None:
+            return self._relocate()
+        return self._exchange(WAITING_REPLY, address, step)
+
+    def _relocate(self, key=None):
+        """Ask the login server for the user's (new) application server."""
+        user = self.request.step.target
+        login = self.core.logins.get(user)
+        if login is None:
+            return [Print((protocol.NOT_LOGIN,))] + self._request_done()
+        locate = Step("locate", f"locate {login.token}", LOGIN_SERVER, user, with_token=True)
+        return self._exchange(RELOCATING, self.login_address, locate)
+
+    def _exchange(self, state, address, step):
+        self._goto(state)
+        timeout = LAUNCH_TIMEOUT if step.name in ("login", "locate") else REPLY_TIMEOUT
+        self.exchange = Exchange(address, step, timeout)
+        conn = self.conns.get(address)
+        if conn is ConnState.OPEN:
+            return self._transmit()
+        if conn is None:
+            self.conns[address] = ConnState.CONNECTING
+            return [Connect(address), SetTimer(ConnectTimeout(address), CONNECT_TIMEOUT)]
+        return []                 # connecting already: sent once connected
+
+    def _transmit(self):
+        ex = self.exchange
+        ex.sent = True
+        return [Send(ex.address, ex.step.wire), SetTimer(Timer.REPLY, ex.timeout)]
+
+    def _replied(self, step, reply):
+        """WAITING_REPLY / RETRYING: the request's answer."""
+        out = self.core.on_reply(step, reply)
+        return self._print(out.lines) + self._resubscribe(out.add, out.drop, reply.get("broker")) \
+            + self._request_done()
+
+    def _located(self, locate, reply):
+        """RELOCATING: the login server says where the user's app server is."""
+        request, step = self.request, self.request.step
+        out = self.core.on_reply(locate, reply)
+        address = self.core.app_of(step.target)
+        if reply.get("status") != 0 or address is None:
+            # e.g. Not login yet: the user must log in again
+            return self._print(out.lines) + self._resubscribe(out.add, out.drop, None) \
+                + self._request_done()
+        if address == request.dead and request.relocations < RELOCATE_TRIES:
+            # The login server has not noticed the death yet (it learns of
+            # it within ms, or by the heartbeat timeout): ask again.
+            request.relocations += 1
+            self._goto(RELOCATE_WAIT)
+            return [SetTimer(Timer.RELOCATE, RELOCATE_DELAY)]
+        # silently, on the new server; a move after a failure is the retry
+        return self._exchange(RETRYING if request.dead else WAITING_REPLY, address, step)
+
+    def _first_failure(self, address):
+        """WAITING_REPLY failed: the login server may have closed an idle
+        connection (send once more); an app server may have died (relocate)."""
+        if self.request.step.target == LOGIN_SERVER:
+            return self._exchange(RETRYING, self.login_address, self.request.step)
+        self.request.dead = address
+        return self._relocate()
+
+    def _unreachable(self, address):
+        line = f"Error: cannot reach the server at {format_address(*address)}"
+        return [Print((line,))] + self._request_done()
+
+    def _request_done(self):
+        """Topics are not durable: the next command (say, a send-group) waits
+        until the broker has confirmed our new subscriptions, or 2 s."""
+        self.request = None
+        if self.unconfirmed:
+            self._goto(WAITING_SUBSCRIPTIONS)
+            return [SetTimer(Timer.SUBSCRIPTIONS, SUBSCRIBE_TIMEOUT)]
+        self._goto(IDLE)
+        return self._next()
+
+    # -- connections and replies ----------------------------------------------------------
+    def _on_wire(self, address, sent=None):
+        ex = self.exchange
+        return ex is not None and ex.address == address and sent in (None, ex.sent)
+
+    def _connected(self, event):
+        if self.conns.get(event.address) is not ConnState.CONNECTING:
+            raise IllegalEvent(f"Connected to {event.address}, not connecting")
+        self.conns[event.address] = ConnState.OPEN
+        actions = [CancelTimer(ConnectTimeout(event.address))]
+        if self._on_wire(event.address, sent=False):
+            actions += self._transmit()
+        return actions
+
+    def _connect_failed(self, event):
+        if self.conns.pop(event.address, None) is not ConnState.CONNECTING:
+            raise IllegalEvent(f"ConnectFailed to {event.address}, not connecting")
+        log.debug("connect %s: %s", event.address, event.error)
+        return [CancelTimer(ConnectTimeout(event.address))] + self._lost(event.address)
+
+    def _connect_timeout(self, key):
+        if self.conns.pop(key.address, None) is not ConnState.CONNECTING:
+            raise IllegalEvent(f"connect timeout for {key.address}, not connecting")
+        return [Close(key.address)] + self._lost(key.address)
+
+    def _closed(self, event):
+        self.conns.pop(event.address, None)
+        return self._lost(event.address)
+
+    def _reply_timeout(self, key):
+        address = self.exchange.address
+        self.conns.pop(address, None)
+        return [Print((NO_REPLY,)), Close(address)] + self._lost(address)
+
+    def _lost(self, address):
+        """A connection failed: fatal to the exchange on it, if any."""
+        if not self._on_wire(address):
+            return []
+        actions = [CancelTimer(Timer.REPLY)] if self.exchange.sent else []
+        self.exchange = None
+        return actions + _ON_FAILURE[self.state](self, address)
+
+    def _reply_line(self, event):
+        if not self._on_wire(event.address, sent=True):
+            log.debug("unexpected line from %s ignored", event.address)
+            return []
+        step, self.exchange = self.exchange.step, None
+        return [CancelTimer(Timer.REPLY)] + _ON_REPLY[self.state](self, step, _decode(event.raw))
+
+    # -- subscriptions -----------------------------------------------------------------------
+    def _resubscribe(self, add, drop, broker):
+        """Messages sent while a user was online may still be in flight when
+        the logout reply arrives (broker dispatch is slower than our request
+        loop): drops take effect after DRAIN seconds, unless re-added."""
+        actions = []
+        for user, dest in add:
+            if (user, dest) in self.draining:
+                self.draining.discard((user, dest))
+                actions.append(CancelTimer(Drain(user, dest)))
+        for user, dest in drop:
+            if (user, dest) in add:
+                continue          # logged in again while logged in: the same destinations stay
+            self.draining.add((user, dest))
+            actions.append(SetTimer(Drain(user, dest), DRAIN))
+        if add and not self.broker_started:
+            self.broker_started = True
+            actions.append(StartBroker(broker))
+        for user, dest in add:
+            users = self.subs.setdefault(dest, set())
+            if not users:
+                self.unconfirmed += 1
+                actions.append(Subscribe(dest))
+            users.add(user)
+        return actions
+
+    def _drained(self, key):
+        self.draining.discard((key.user, key.destination))
+        users = self.subs.get(key.destination)
+        if users is not None:
+            users.discard(key.user)
+            if not users:
+                del self.subs[key.destination]
+                return [Unsubscribe(key.destination)]
+        return []
+
+    def _subscribed(self, event):
+        self.unconfirmed = max(0, self.unconfirmed - 1)
+        if not event.ok:
+            log.warning("subscription failed: %s", event.error)
+        if self.unconfirmed or self.state is not WAITING_SUBSCRIPTIONS:
+            return []
+        self._goto(IDLE)
+        return [CancelTimer(Timer.SUBSCRIPTIONS)] + self._next()
+
+    def _subscriptions_timeout(self, key):
+        log.warning("broker did not confirm subscriptions; going on")
+        self.unconfirmed = 0
+        self._goto(IDLE)
+        return self._next()
+
+    def _chat(self, event):
+        return self._print(chat_lines(self.subs, event.destination, event.body))
+
+    # -- timers ------------------------------------------------------------------------------
+    def _timer(self, event):
+        key = event.key
+        handler = _ON_KEYED_TIMER.get(type(key)) or _ON_TIMER.get((self.state, key))
+        if handler is None:
+            raise IllegalEvent(f"timer {key} in {self.state.name}")
+        return handler(self, key)
+
+    @staticmethod
+    def _print(lines):
+        return [Print(tuple(lines))] if lines else []
+
+
+def _decode(raw):
+    try:
+        reply = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        reply = None
+    return reply if isinstance(reply, dict) else protocol.fail(UNREADABLE)
+
+
+M = ClientMachine
+# Typed lines and the end of input, by state.
+_ON_EVENT = {
+    (IDLE, Typed): M._typed_when_idle,
+    (IDLE, EndOfInput): M._input_over,
+    **{(state, Typed): M._typed_when_busy for state in BUSY},
+    **{(state, EndOfInput): M._input_over for state in BUSY},
+    (LINGERING, Typed): M._ignore,            # after `exit`
+    (LINGERING, EndOfInput): M._ignore,
+}
+# Events that may come in any state; their handlers look at the state.
+_IN_ANY_STATE = {
+    Connected: M._connected, ConnectFailed: M._connect_failed, Closed: M._closed,
+    ReplyLine: M._reply_line, TimerFired: M._timer, Subscribed: M._subscribed, ChatMessage: M._chat,
+}
+# The answer to the line on the wire, and its loss, by state.
+_ON_REPLY = {WAITING_REPLY: M._replied, RETRYING: M._replied, RELOCATING: M._located}
+_ON_FAILURE = {WAITING_REPLY: M._first_failure, RETRYING: M._unreachable, RELOCATING: M._unreachable}
+# Timers: per connection or subscription in any state; the others by state.
+_ON_KEYED_TIMER = {ConnectTimeout: M._connect_timeout, Drain: M._drained}
+_ON_TIMER = {
+    **{(state, Timer.REPLY): M._reply_timeout for state in ON_THE_WIRE},
+    (RELOCATE_WAIT, Timer.RELOCATE): M._relocate,
+    (WAITING_SUBSCRIPTIONS, Timer.SUBSCRIPTIONS): M._subscriptions_timeout,
+    (LINGERING, Timer.LINGER): M._stop,
+}
