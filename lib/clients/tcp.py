@@ -20,7 +20,7 @@ from lib.clients.tcp_machine import ClientMachine
 from lib.loop.reactor import Reactor
 from lib.loop.timers import TimerTable
 from lib.loop.transports import LineConnection, LineReader
-from lib.social import applink
+from lib.social import protocol
 
 log = logging.getLogger("client")
 
@@ -162,7 +162,7 @@ class TcpClient:
             sock.close()
             return
         conn = LineConnection(self.reactor, sock, self._on_line, on_close=self._on_close,
-                              max_line=applink.MAX_LINE, quiet=None)
+                              max_line=protocol.MAX_REPLY, quiet=None)
         conn.address = connector.address
         self.conns[conn.address] = conn
         self.feed(Connected(conn.address))

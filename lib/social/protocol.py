@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from lib.accounts import names
 
 MAX_REQUEST = 8192
+MAX_REPLY = 64 * 1024 * 1024   # a reply line the client accepts (receive-post can be large)
 BAD_REQUEST = "Bad request"
 NOT_LOGIN = "Not login yet"
 SUCCESS = "Success!"
