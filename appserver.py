@@ -7,15 +7,13 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
-import time
 
 from lib.loop.address import parse_address
-from lib.social.app_service import AppService
 from lib.loop.process import die_with_parent
 from lib.loop.reactor import Reactor
 from lib.loop.transports import raise_fd_limit
+from lib.social.app_server import AppServer
 
 
 def parse_args(argv):
@@ -34,32 +32,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def connect_login(address, deadline=30.0):
-    until = time.monotonic() + deadline
-    while True:
-        try:
-            sock = socket.create_connection(address, timeout=5.0)
-            # No Nagle: a request written right after a heartbeat (which gets
-            # no reply, so its ACK is delayed ~40 ms) must not wait for it.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        except OSError:
-            if time.monotonic() > until:
-                raise
-            time.sleep(0.2)
-
-
-def make_publisher(reactor, address):
-    try:
-        from lib.messaging import broker
-    except ImportError:
-        return None
-    host, port = broker.parse_address(address)
-    link = broker.BrokerLink(reactor, host, port, name="appserver")
-    link.start()
-    return link
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.die_with_parent:
@@ -73,18 +45,14 @@ def main(argv=None):
         return 2
     raise_fd_limit()
     reactor = Reactor()
-    publisher = make_publisher(reactor, args.broker)
-    service = AppService(reactor, args.id, publisher=publisher, on_link_lost=reactor.stop)
-    host, port = service.listen(args.host, args.port)
-    advertise = args.advertise if args.advertise is not None else host
-    sock = connect_login(parse_address(args.login))
-    service.attach(sock, secret, advertise, port)
+    server = AppServer(reactor, args.id, parse_address(args.login), secret, args.host, args.port,
+                       advertise=args.advertise, broker=args.broker)
+    server.start()
     reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
     reactor.add_signal_handler(signal.SIGINT, reactor.stop)
     reactor.run()
-    if publisher:
-        publisher.close()
-    return 0
+    server.close()
+    return server.status or 0
 
 
 if __name__ == "__main__":

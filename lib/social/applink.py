@@ -7,11 +7,30 @@ one JSON object per line over TCP (the login server's internal port).
   app -> login  {"op": "cmd", "id": N, "line": L}    one client request, verbatim
   login -> app  {"op": "reply", "id": N, "reply": {...}, "publish": [dest, body, persistent] | null}
   login -> app  {"op": "shutdown"}
+
+`encode`/`decode` are the codec of both ends. `AppLink` is the app server's
+end as a sans-I/O state machine (h11-style: nothing here touches a socket
+or a clock): it turns received lines into typed events and outgoing
+messages into lines, issues request ids and keeps the pending ones.
+
+  CONNECTING  --connected-->       HELLO_SENT --welcome--> READY
+  CONNECTING  --connect failed-->  CONNECTING (retried until CONNECT_FOR, then give up)
+  HELLO_SENT  --rejected-->        REJECTED
+  CONNECTING  --give up-->         CLOSED
+  HELLO_SENT, READY --shutdown, lost--> CLOSED;  REJECTED --lost--> CLOSED
+
+A step the table does not list raises: `LocalError` when this end asked for
+it (a bug here), `RemoteError` when the login server sent it.
 """
+import enum
+import itertools
 import json
+from dataclasses import dataclass
 
 HEARTBEAT = 1.0
 MAX_LINE = 64 * 1024 * 1024   # replies such as receive-post can be large
+CONNECT_FOR = 30.0            # seconds of connect attempts before the app server gives up
+CONNECT_RETRY = 0.2           # seconds between connect attempts
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # made once
@@ -27,3 +46,215 @@ def decode(raw):
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ValueError("not a link message")
     return msg
+
+
+# -- the app server's end as a state machine ------------------------------------------
+class LinkError(Exception):
+    """A step the link's state machine does not allow."""
+
+
+class LocalError(LinkError):
+    """This end asked for an illegal step (a bug in the caller)."""
+
+
+class RemoteError(LinkError):
+    """The login server sent a malformed or unexpected line."""
+
+
+class State(enum.Enum):
+    CONNECTING = "CONNECTING"     # no connection yet (attempts retried until CONNECT_FOR)
+    HELLO_SENT = "HELLO_SENT"     # connected, waiting for welcome/rejected
+    READY = "READY"               # welcomed: requests may be relayed
+    REJECTED = "REJECTED"         # the join secret was refused; the close follows
+    CLOSED = "CLOSED"             # for good
+
+
+class Input(enum.Enum):
+    START = "start"               # local: the first connect attempt begins
+    CONNECT_FAILED = "connect failed"
+    GIVE_UP = "give up"
+    CONNECTED = "connected"       # local: TCP is up, the hello goes out
+    PING = "ping"
+    REQUEST = "request"
+    LOST = "lost"                 # local: the connection is gone
+    WELCOME = "welcome"           # remote inputs from here on
+    REJECTED = "rejected"
+    REPLY = "reply"
+    SHUTDOWN = "shutdown"
+
+
+_REMOTE = {Input.WELCOME, Input.REJECTED, Input.REPLY, Input.SHUTDOWN}
+
+S, I = State, Input
+TRANSITIONS = {
+    (S.CONNECTING, I.START): S.CONNECTING,
+    (S.CONNECTING, I.CONNECT_FAILED): S.CONNECTING,
+    (S.CONNECTING, I.GIVE_UP): S.CLOSED,
+    (S.CONNECTING, I.CONNECTED): S.HELLO_SENT,
+    (S.HELLO_SENT, I.PING): S.HELLO_SENT,
+    (S.HELLO_SENT, I.WELCOME): S.READY,
+    (S.HELLO_SENT, I.REJECTED): S.REJECTED,
+    (S.HELLO_SENT, I.SHUTDOWN): S.CLOSED,
+    (S.HELLO_SENT, I.LOST): S.CLOSED,
+    (S.READY, I.PING): S.READY,
+    (S.READY, I.REQUEST): S.READY,
+    (S.READY, I.REPLY): S.READY,
+    (S.READY, I.SHUTDOWN): S.CLOSED,
+    (S.READY, I.LOST): S.CLOSED,
+    (S.REJECTED, I.LOST): S.CLOSED,
+    # After a shutdown we close the connection ourselves; its close notice still comes.
+    (S.CLOSED, I.LOST): S.CLOSED,
+}
+del S, I
+
+
+# -- events: what the login server said ---------------------------------------------
+@dataclass(frozen=True)
+class Welcome:
+    pass
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What to publish once the reply is a success."""
+    destination: str
+    body: str
+    persistent: bool
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to request `id`, sent for `tag` (given to `request`). `reply`
+    is None when the login server sent nothing usable (the caller answers a
+    failure, so no client waits for ever)."""
+    id: int
+    reply: dict
+    publish: Publication
+    tag: object
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The login server ends the link; `abandoned`: tags of unanswered requests."""
+    abandoned: tuple
+
+
+def _publication(value):
+    """The wire's [dest, body, persistent] or null -> Publication or None."""
+    if not value:
+        return None
+    if (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+            and isinstance(value[1], str)):
+        return Publication(value[0], value[1], bool(value[2]))
+    raise ValueError("malformed publish")
+
+
+class AppLink:
+    """The app server's end of one link: state, request ids, pending requests."""
+
+    def __init__(self, server_id, secret, host, port,
+                 connect_for=CONNECT_FOR, retry=CONNECT_RETRY):
+        self.hello = dict(secret=secret, id=server_id, host=host, port=port)
+        self.connect_for, self.retry = connect_for, retry
+        self.state = State.CONNECTING
+        self.deadline = None
+        self.pending = {}                 # request id -> tag, in the order sent
+        self._ids = itertools.count(1)
+
+    def allows(self, step):
+        return (self.state, step) in TRANSITIONS
+
+    def _step(self, step):
+        new = TRANSITIONS.get((self.state, step))
+        if new is None:
+            error = RemoteError if step in _REMOTE else LocalError
+            raise error(f"{step.value} in state {self.state.name}")
+        self.state = new
+
+    # -- local steps --------------------------------------------------------------------
+    def start(self, now):
+        """The first connect attempt begins at `now`."""
+        self._step(Input.START)
+        self.deadline = now + self.connect_for
+
+    def connect_failed(self, now):
+        """-> seconds until the next attempt, or None: given up (CLOSED)."""
+        if self.deadline is None:
+            raise LocalError("connect failed before start")
+        if now < self.deadline:
+            self._step(Input.CONNECT_FAILED)
+            return self.retry
+        self._step(Input.GIVE_UP)
+        return None
+
+    def connected(self):
+        """TCP is up -> the hello line."""
+        self._step(Input.CONNECTED)
+        return encode(op="hello", **self.hello)
+
+    def ping(self):
+        self._step(Input.PING)
+        return encode(op="ping")
+
+    def request(self, line, tag):
+        """Relay one client request line -> the cmd line; its reply will carry `tag`."""
+        self._step(Input.REQUEST)
+        rid = next(self._ids)
+        self.pending[rid] = tag
+        return encode(op="cmd", id=rid, line=line)
+
+    def lost(self):
+        """The connection is gone -> tags of the requests never answered."""
+        self._step(Input.LOST)
+        return self._abandon()
+
+    def _abandon(self):
+        abandoned, self.pending = tuple(self.pending.values()), {}
+        return abandoned
+
+    # -- remote steps -----------------------------------------------------------------
+    def receive(self, raw):
+        """One line from the login server -> Welcome, Rejected, Reply or
+        Shutdown; RemoteError if it is malformed or not allowed now."""
+        try:
+            msg = decode(raw)
+        except ValueError as e:
+            raise RemoteError(f"malformed line: {e}") from None
+        handler = _RECEIVE.get(msg["op"])
+        if handler is None:
+            raise RemoteError(f"unknown op {msg['op']!r}")
+        return handler(self, msg)
+
+    def _welcome(self, msg):
+        self._step(Input.WELCOME)
+        return Welcome()
+
+    def _rejected(self, msg):
+        self._step(Input.REJECTED)
+        return Rejected(str(msg.get("reason")))
+
+    def _reply(self, msg):
+        self._step(Input.REPLY)
+        rid = msg.get("id")
+        if type(rid) is not int or rid not in self.pending:
+            raise RemoteError(f"reply to unknown request id {rid!r}")
+        tag = self.pending.pop(rid)
+        reply = msg.get("reply")
+        try:
+            publish = _publication(msg.get("publish"))
+        except ValueError:
+            reply, publish = None, None
+        return Reply(rid, reply if isinstance(reply, dict) and reply else None, publish, tag)
+
+    def _shutdown(self, msg):
+        self._step(Input.SHUTDOWN)
+        return Shutdown(self._abandon())
+
+
+_RECEIVE = {"welcome": AppLink._welcome, "rejected": AppLink._rejected,
+            "reply": AppLink._reply, "shutdown": AppLink._shutdown}

@@ -1,0 +1,320 @@
+"""The application server as a sans-I/O core: events in, actions out.
+
+Nothing here touches a socket, a thread, a clock or the reactor (the model
+is lib/hub/session.py); lib/social/app_server.py carries the actions out.
+
+Each client request is relayed verbatim to the login server over the
+internal link (one round trip; the login server applies it atomically, in
+priority order). For send/send-group the reply names a broker destination:
+the message is published and the client hears `Success!` only after the
+broker's receipt. One request per client connection is in progress at a
+time, so replies keep their order: later ones wait in that connection's
+queue, and the driver stops reading it meanwhile (`Pause`/`Resume`).
+
+What a request meets depends on the link's state (`_DISPATCH`): relayed when
+READY, held until the welcome while CONNECTING/HELLO_SENT (the login server
+may send a client here before it has welcomed us), refused with
+UNAVAILABLE once the link is REJECTED or CLOSED. When the link is lost,
+every held and relayed request is answered and the core asks to exit.
+"""
+import collections
+import enum
+import logging
+from dataclasses import dataclass
+
+from lib.social import applink
+from lib.social.applink import Input, State
+from lib.social.protocol import Request, fail
+
+log = logging.getLogger("app")
+
+UNAVAILABLE = "Service unavailable, try again"
+BROKER_DOWN = "Message service unavailable, try again later"
+
+
+class TimerKey(enum.Enum):
+    HEARTBEAT = "heartbeat"       # the next ping to the login server
+    CONNECT = "connect"           # the next connect attempt
+
+
+# -- events (what happened) -----------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """The server is up at time `now`: begin connecting to the login server."""
+    now: float
+
+
+@dataclass(frozen=True)
+class LinkConnected:
+    """The connect that `Connect` asked for succeeded."""
+
+
+@dataclass(frozen=True)
+class ConnectFailed:
+    now: float
+    error: str
+
+
+@dataclass(frozen=True)
+class LinkLine:
+    """One line (no newline) from the login server."""
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class LinkLost:
+    """The link's connection is closed (by either end)."""
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    conn: object
+    request: Request
+
+
+@dataclass(frozen=True)
+class ClientClosed:
+    conn: object
+
+
+@dataclass(frozen=True)
+class Published:
+    """The broker's answer to `Publish(conn, ...)`."""
+    conn: object
+    ok: bool
+    error: str = None
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    key: TimerKey
+
+
+# -- actions (what the driver must do) -------------------------------------------------
+@dataclass(frozen=True)
+class Connect:
+    """Start connecting to the login server; report LinkConnected or ConnectFailed."""
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """(Re)arm timer `key` to fire in `delay` seconds (TimerFired)."""
+    key: TimerKey
+    delay: float
+
+
+@dataclass(frozen=True)
+class SendLink:
+    line: bytes
+
+
+@dataclass(frozen=True)
+class CloseLink:
+    pass
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Send `reply` (a protocol reply dict) to the client."""
+    conn: object
+    reply: dict
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Stop reading the client's requests until Resume."""
+    conn: object
+
+
+@dataclass(frozen=True)
+class Resume:
+    conn: object
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish through the broker; report Published(conn, ok, error)."""
+    conn: object
+    destination: str
+    body: str
+    persistent: bool
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Stop the server with this exit status."""
+    status: int
+
+
+class AppCore:
+    """One application server: the link machine, held requests, publishes."""
+
+    def __init__(self, server_id, secret, host, port, broker=True, link=None):
+        """`host`/`port`: where clients reach us (sent in the hello);
+        `broker`: False when there is no broker link (publishes then fail)."""
+        self.id = server_id
+        self.link = link or applink.AppLink(server_id, secret, host, port)
+        self.broker = broker
+        self.early = []          # (conn, request) held until the welcome
+        self.queues = {}         # conn with a request in progress -> requests waiting behind it
+        self.publishing = {}     # conn -> its reply, until the broker's receipt
+        self.exited = False
+
+    @property
+    def state(self):
+        return self.link.state
+
+    def handle(self, event):
+        """One event -> the list of actions it calls for, in order."""
+        return _ON_EVENT[type(event)](self, event)
+
+    # -- the link's connection ---------------------------------------------------------
+    def _start(self, event):
+        self.link.start(event.now)
+        return [Connect()]
+
+    def _connected(self, event):
+        # The first ping right behind the hello: the login server's health
+        # check hears from us at once.
+        return [SendLink(self.link.connected())] + self._heartbeat()
+
+    def _connect_failed(self, event):
+        delay = self.link.connect_failed(event.now)
+        if delay is not None:
+            return [SetTimer(TimerKey.CONNECT, delay)]
+        log.error("%s cannot reach the login server: %s", self.id, event.error)
+        return self._answer_all(()) + [Exit(1)]
+
+    def _heartbeat(self):
+        if not self.link.allows(Input.PING):
+            return []   # rejected or closed: the heartbeat ends
+        return [SendLink(self.link.ping()), SetTimer(TimerKey.HEARTBEAT, applink.HEARTBEAT)]
+
+    def _timer(self, event):
+        return _ON_TIMER[event.key](self)
+
+    def _link_lost(self, event):
+        abandoned = self.link.lost()
+        if self.exited:
+            return []
+        log.warning("%s lost its login server link", self.id)
+        return self._answer_all(abandoned) + [Exit(0)]
+
+    def _answer_all(self, abandoned):
+        """The end: every held and relayed (`abandoned`) request is answered."""
+        self.exited = True
+        early, self.early = self.early, []
+        actions = []
+        for conn in [conn for conn, _ in early] + list(abandoned):
+            actions += self._finish(conn, fail(UNAVAILABLE))
+        return actions
+
+    # -- what the login server says ----------------------------------------------------
+    def _link_line(self, event):
+        try:
+            message = self.link.receive(event.raw)
+        except applink.RemoteError as e:
+            log.error("bad message from the login server: %s", e)
+            return []
+        return _ON_LINK[type(message)](self, message)
+
+    def _welcome(self, message):
+        log.info("%s registered with the login server", self.id)
+        early, self.early = self.early, []
+        actions = []
+        for conn, request in early:
+            actions += self._relay(conn, request)
+        return actions
+
+    def _rejected(self, message):
+        # The login server closes the link next; LinkLost answers and exits.
+        log.error("login server rejected us: %s", message.reason)
+        return []
+
+    def _reply(self, message):
+        conn = message.tag
+        reply = message.reply or fail(UNAVAILABLE)
+        publish = message.publish
+        if publish is None or reply.get("status") != 0:
+            return self._finish(conn, reply)
+        if not self.broker:
+            return self._finish(conn, fail(BROKER_DOWN))
+        self.publishing[conn] = reply
+        return [Publish(conn, publish.destination, publish.body, publish.persistent)]
+
+    def _shutdown(self, message):
+        log.info("%s: the login server ends the link", self.id)
+        return self._answer_all(message.abandoned) + [CloseLink(), Exit(0)]
+
+    # -- clients -----------------------------------------------------------------------
+    def _client_request(self, event):
+        conn = event.conn
+        waiting = self.queues.get(conn)
+        if waiting is not None:
+            waiting.append(event.request)   # behind the one in progress
+            return []
+        self.queues[conn] = collections.deque()
+        return [Pause(conn)] + self._dispatch(conn, event.request)
+
+    def _dispatch(self, conn, request):
+        return _DISPATCH[self.link.state](self, conn, request)
+
+    def _relay(self, conn, request):
+        line = " ".join((request.name,) + request.words)
+        return [SendLink(self.link.request(line, conn))]
+
+    def _hold(self, conn, request):
+        self.early.append((conn, request))
+        return []
+
+    def _refuse(self, conn, request):
+        return self._finish(conn, fail(UNAVAILABLE))
+
+    def _finish(self, conn, reply):
+        """The one way a request ends: its reply, then the connection's next
+        request (or reading resumes)."""
+        actions = [Reply(conn, reply)]
+        waiting = self.queues.get(conn)
+        if waiting:
+            return actions + self._dispatch(conn, waiting.popleft())
+        self.queues.pop(conn, None)
+        return actions + [Resume(conn)]
+
+    def _published(self, event):
+        reply = self.publishing.pop(event.conn, None)
+        if reply is None:
+            return []
+        if not event.ok:
+            log.warning("publish to broker failed: %s", event.error)
+        return self._finish(event.conn, reply if event.ok else fail(BROKER_DOWN))
+
+    def _client_closed(self, event):
+        # Its queued and held requests are dropped (a held request must not
+        # run for a client that has gone); relayed ones and publishes finish.
+        self.queues.pop(event.conn, None)
+        if self.early:
+            self.early = [(conn, req) for conn, req in self.early if conn is not event.conn]
+        return []
+
+
+_ON_EVENT = {
+    Start: AppCore._start, LinkConnected: AppCore._connected,
+    ConnectFailed: AppCore._connect_failed, LinkLine: AppCore._link_line,
+    LinkLost: AppCore._link_lost, ClientRequest: AppCore._client_request,
+    ClientClosed: AppCore._client_closed, Published: AppCore._published,
+    TimerFired: AppCore._timer,
+}
+_ON_LINK = {
+    applink.Welcome: AppCore._welcome, applink.Rejected: AppCore._rejected,
+    applink.Reply: AppCore._reply, applink.Shutdown: AppCore._shutdown,
+}
+_ON_TIMER = {
+    TimerKey.HEARTBEAT: AppCore._heartbeat,
+    TimerKey.CONNECT: lambda core: [Connect()],
+}
+# What a client request meets, by the link's state.
+_DISPATCH = {
+    State.CONNECTING: AppCore._hold, State.HELLO_SENT: AppCore._hold,
+    State.READY: AppCore._relay,
+    State.REJECTED: AppCore._refuse, State.CLOSED: AppCore._refuse,
+}

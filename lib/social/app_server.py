@@ -1,0 +1,154 @@
+"""The application server's driver: carries out an `AppCore`'s actions on the
+client listener, the link to the login server, the reactor's timers and the
+broker link. It only moves bytes; every decision is in lib/social/app_core.py.
+"""
+import logging
+import socket
+
+from lib.loop.timers import TimerTable
+from lib.loop.transports import LineConnection
+from lib.social import app_core as core
+from lib.social import applink, protocol
+from lib.social.request_server import RequestServer
+
+log = logging.getLogger("app")
+
+CONNECT_TIMEOUT = 5.0     # seconds for one connect attempt to the login server
+LINK_POOL = "login-link"  # its own worker, so a slow connect never holds the broker's
+
+
+def make_publisher(reactor, address):
+    """A started BrokerLink to `address`, or None without stomp.py (every
+    send then answers that the message service is unavailable)."""
+    try:
+        from lib.messaging import broker
+    except ImportError:
+        return None
+    host, port = broker.parse_address(address)
+    link = broker.BrokerLink(reactor, host, port, name="appserver")
+    link.start()
+    return link
+
+
+def open_link(address):
+    """Connect to the login server (blocking: runs on a worker, so a name
+    lookup or an unanswered SYN never stalls the loop)."""
+    sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    # No Nagle: a request written right after a heartbeat (which gets no
+    # reply, so its ACK is delayed ~40 ms) must not wait for it.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class AppServer:
+    """Listens for clients at once; `start()` begins connecting to the login
+    server at `login` = (host, port). `status` is the exit status once the
+    core has asked to exit (the reactor is then stopped)."""
+
+    def __init__(self, reactor, server_id, login, secret, host="0.0.0.0", port=0,
+                 advertise=None, broker=None, conn_idle=300.0):
+        self.reactor, self.login = reactor, login
+        self.front = RequestServer(reactor, host, port, self._request, conn_idle)
+        self.address = self.front.address
+        advertise = advertise if advertise is not None else self.address[0]
+        self.publisher = make_publisher(reactor, broker) if broker else None
+        self.core = core.AppCore(server_id, secret, advertise, self.address[1],
+                                 broker=self.publisher is not None)
+        self.timers = TimerTable(reactor, self._timer)
+        self.link = None
+        self.status = None
+        self._watched = set()     # client connections whose close the core hears of
+        reactor.add_pool(LINK_POOL, 1)
+
+    def start(self):
+        self._handle(core.Start(self.reactor.clock()))
+
+    def close(self):
+        """Release everything once the loop has stopped; the core hears no more."""
+        for key in core.TimerKey:
+            self.timers.cancel(key)
+        if self.publisher:
+            self.publisher.close()
+        if self.link:
+            self.link.on_close = None
+            self.link.close()
+        self.front.close()
+
+    # -- events in -------------------------------------------------------------------
+    def _handle(self, event):
+        for action in self.core.handle(event):
+            _DO[type(action)](self, action)
+
+    def _request(self, conn, request):
+        if conn not in self._watched:
+            self._watch(conn)
+        self._handle(core.ClientRequest(conn, request))
+
+    def _watch(self, conn):
+        # RequestServer owns the connection's on_close (its client set):
+        # chain ours behind it.
+        self._watched.add(conn)
+        theirs = conn.on_close
+
+        def closed(c):
+            self._watched.discard(c)
+            if theirs:
+                theirs(c)
+            self._handle(core.ClientClosed(c))
+        conn.on_close = closed
+
+    def _timer(self, key):
+        self._handle(core.TimerFired(key))
+
+    def _connect_done(self, sock, error):
+        if error is not None:
+            self._handle(core.ConnectFailed(self.reactor.clock(), str(error)))
+            return
+        self.link = LineConnection(self.reactor, sock, self._link_line, on_close=self._link_closed,
+                                   max_line=applink.MAX_LINE, quiet=None)
+        self._handle(core.LinkConnected())
+
+    def _link_line(self, conn, raw):
+        self._handle(core.LinkLine(raw))
+
+    def _link_closed(self, conn):
+        self._handle(core.LinkLost())
+
+    # -- actions out -----------------------------------------------------------------
+    def _connect(self, action):
+        self.reactor.run_in_thread(open_link, self.login, done=self._connect_done, pool=LINK_POOL)
+
+    def _set_timer(self, action):
+        self.timers.set(action.key, action.delay)
+
+    def _send_link(self, action):
+        self.link.send(action.line)
+
+    def _close_link(self, action):
+        self.link.close()
+
+    def _reply(self, action):
+        action.conn.send(protocol.encode(action.reply))
+
+    def _pause(self, action):
+        action.conn.pause()
+
+    def _resume(self, action):
+        action.conn.resume()
+
+    def _publish(self, action):
+        conn = action.conn
+        self.publisher.publish(action.destination, action.body, action.persistent,
+                               lambda ok, error: self._handle(core.Published(conn, ok, error)))
+
+    def _exit(self, action):
+        self.status = action.status
+        self.reactor.stop()
+
+
+_DO = {
+    core.Connect: AppServer._connect, core.SetTimer: AppServer._set_timer,
+    core.SendLink: AppServer._send_link, core.CloseLink: AppServer._close_link,
+    core.Reply: AppServer._reply, core.Pause: AppServer._pause, core.Resume: AppServer._resume,
+    core.Publish: AppServer._publish, core.Exit: AppServer._exit,
+}
