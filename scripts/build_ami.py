@@ -44,7 +44,9 @@ mkdir -p /opt/np-social
 curl -fsSL --retry 5 {url} | tar -xz -C /opt/np-social --strip-components=1
 cd /opt/np-social
 scripts/venv.sh requirements.txt >/dev/null      # /opt/np-social/.venv with the pinned packages
-.venv/bin/python -c 'import stomp, boto3, lib.loop.reactor, lib.social.app_server'
+# the app server's modules, and the EC2 launcher with its user-data template (login host)
+.venv/bin/python -c 'import stomp, boto3, lib.loop.reactor, lib.social.app_server
+from lib.fleet.launchers.ec2 import userdata; userdata.template()'
 id np-social >/dev/null 2>&1 || useradd --system --home-dir /opt/np-social --shell /usr/sbin/nologin np-social
 chown -R root:root /opt/np-social
 chmod -R a+rX,go-w /opt/np-social

@@ -2,8 +2,9 @@
 
 `CloudSim(endpoint, cluster)` polls moto (boto3, in a thread of the test
 process) for `running` instances tagged `np-social:cluster=<cluster>`, fetches
-each one's user-data (`describe_instance_attribute`, base64) and runs it with
-`bash` on this machine, as the image's cloud-init would, with
+each one's user-data (`describe_instance_attribute`, base64: the launcher's
+lib/fleet/launchers/ec2/userdata.sh.in, filled in) and runs it with `bash`
+on this machine, as the image's cloud-init would, with
 
   NP_HOME=<this repository>   NP_ADVERTISE=127.0.0.1
   NP_PYTHON=<sys.executable>  NP_APP_PORT=0 (many "instances" share one host)

@@ -1,6 +1,6 @@
 """The application-server pool: assignment, scale-out, scale-in, health.
 
-Policy (ARCHITECTURE.md "Fleet"): at most `capacity` users per app server; a
+Policy (README "Fleet"): at most `capacity` users per app server; a
 login goes to the fullest server with room (so others drain); when all are
 full a new one is launched and the login waits for it (reserved slot, never
 blocking the reactor); `max_servers` caps the fleet; `spare` servers are kept
@@ -8,10 +8,14 @@ empty and warm; a server with no users for `idle_timeout` seconds is
 terminated; a server that dies or stops heart-beating is dropped and its
 users are reassigned at once.
 
-The fleet never starts processes itself: a launcher (lib/launchers/) does,
+The fleet never starts processes itself: a launcher (lib/fleet/launchers/) does,
 through `launch(server_id, secret)` / `terminate(server_id)`, and reports a
 death with `fleet.lost(server_id, reason)`. App servers prove who they are
 with the one-time secret issued at launch (`register`).
+
+The fleet does no I/O and keeps no timers: `tick()` is called periodically
+and every time comes from `clock`, the reactor's unless given, so a test
+drives it with a fake launcher and a fake clock and no reactor at all.
 """
 import enum
 import logging
@@ -52,12 +56,13 @@ class FleetFull(Exception):
 
 class Fleet:
     def __init__(self, reactor, launcher, capacity=10, max_servers=None, idle_timeout=30.0,
-                 spare=0, launch_deadline=60.0, heartbeat_timeout=5.0, clock=time.monotonic):
-        self.reactor, self.launcher = reactor, launcher
+                 spare=0, launch_deadline=60.0, heartbeat_timeout=5.0, clock=None):
+        """`reactor` only lends its clock (None: pass `clock`, or time.monotonic)."""
+        self.launcher = launcher
         self.capacity, self.max_servers = capacity, max_servers
         self.idle_timeout, self.spare = idle_timeout, spare
         self.launch_deadline, self.heartbeat_timeout = launch_deadline, heartbeat_timeout
-        self.clock = clock
+        self.clock = clock or getattr(reactor, "clock", None) or time.monotonic
         self.servers = {}          # id -> AppServer (LAUNCHING or READY)
         self.by_secret = {}        # one-time secret -> AppServer
         self.user_server = {}      # user -> AppServer
@@ -103,9 +108,6 @@ class Fleet:
         server.waiting = [(u, cb) for u, cb in server.waiting if u != user]
         if server.load == 0:
             server.idle_since = self.clock()
-
-    def server_of(self, user):
-        return self.user_server.get(user)
 
     # -- lifecycle -------------------------------------------------------------
     def _launch(self):
@@ -221,10 +223,6 @@ class Fleet:
         self._closing = True
         for server in list(self.servers.values()):
             self.terminate(server, "login server stopping")
-
-    def stats(self):
-        return {s.id: {"state": s.state.value, "users": len(s.users), "waiting": len(s.waiting),
-                       "address": s.address} for s in self.servers.values()}
 
 
 def _ignore(*_):

@@ -1,4 +1,4 @@
-"""The EC2 launcher (lib/fleet/launchers/ec2.py) end to end, against moto's EC2 server.
+"""The EC2 launcher (lib/fleet/launchers/ec2/) end to end, against moto's EC2 server.
 
 AWS is out of reach: `python -m moto.server` on 127.0.0.1 holds the API state,
 tests/cloudsim.py plays the instances (it runs each one's user-data with bash
@@ -11,7 +11,9 @@ The login server reaches moto through a small delaying HTTP proxy (also on
 127.0.0.1) so a test can make run_instances slow.
 
 The last class tests the launcher in process with a fake EC2 client (retries,
-terminate during run_instances, permanent errors).
+terminate during run_instances, permanent errors, a bounded close). The
+reconcile rules and the fleet policy have pure tests of their own
+(tests/pure/test_ec2_reconcile.py, tests/pure/test_fleet.py).
 """
 import datetime
 import http.client
@@ -19,6 +21,8 @@ import logging
 import http.server
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +31,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 from urllib.parse import parse_qs
 
 from tests.support import ROOT  # noqa: E402
@@ -42,6 +47,7 @@ import boto3  # noqa: E402
 from botocore.exceptions import ClientError, EndpointConnectionError  # noqa: E402
 
 from lib.fleet.launchers import ec2  # noqa: E402
+from lib.fleet.launchers.ec2 import errors as ec2_errors, userdata  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
 from tests.support import stop_process, wait_for  # noqa: E402
@@ -381,6 +387,7 @@ class FakeEc2:
         self.terminate_failures = []
         self.terminate_calls = []      # (instance ids, error code or None) of every call
         self.run_gate = None           # threading.Event run_instances waits for
+        self.terminate_gate = None     # threading.Event terminate_instances waits for
         self.runs, self.terminated, self.instances = [], [], {}
         self.counter = 0
 
@@ -399,6 +406,8 @@ class FakeEc2:
             return {"Instances": [dict(self.instances[iid])]}
 
     def terminate_instances(self, InstanceIds):
+        if self.terminate_gate is not None:
+            self.terminate_gate.wait(30)
         with self.lock:
             if self.terminate_failures:
                 error = self.terminate_failures.pop(0)
@@ -431,18 +440,23 @@ class LauncherUnitTest(unittest.TestCase):
         self.launcher = ec2.Ec2Launcher(self.reactor, config, client_factory=lambda: self.fake)
         self.exits = []
         self.launcher.on_exit = lambda sid, reason: self.exits.append((sid, reason))
-        ec2.BACKOFF_BASE = 0.05
-        self.addCleanup(setattr, ec2, "BACKOFF_BASE", 0.5)
+        self.addCleanup(setattr, ec2_errors, "BACKOFF_BASE", ec2_errors.BACKOFF_BASE)
+        ec2_errors.BACKOFF_BASE = 0.05
         self.addCleanup(self.stop_pool)
         logger = logging.getLogger("launcher.ec2")   # expected warnings: keep the output readable
         self.addCleanup(setattr, logger, "disabled", logger.disabled)
         logger.disabled = True
 
     def stop_pool(self):
-        if self.fake.run_gate is not None:
-            self.fake.run_gate.set()
-        if self.reactor._pool is not None:
-            self.reactor._pool.shutdown(wait=True)
+        """Release the fake's gates, stop the reactor (which shuts its worker
+        pools down) and wait for the worker threads to end."""
+        for gate in (self.fake.run_gate, self.fake.terminate_gate):
+            if gate is not None:
+                gate.set()
+        self.reactor.call_soon(self.reactor.stop)
+        self.reactor.run()
+        workers = lambda: [t for t in threading.enumerate() if t.name.startswith("offloop-aws")]  # noqa: E731
+        self.assertTrue(wait_for(lambda: not workers(), 10), workers())
 
     def turn_until(self, predicate, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -513,6 +527,27 @@ class LauncherUnitTest(unittest.TestCase):
                            timeout=10, check=True, stderr=subprocess.DEVNULL)
             self.assertFalse(os.path.exists(os.path.join(d, "curl.log")))
             self.assertFalse(os.path.exists(os.path.join(d, "poweroff.called")))
+
+    def test_user_data_template_quotes_every_value_once(self):
+        config = ec2.Ec2Config(ami=AMI, login_address=("10.0.0.5", 7000), cluster="c @SECRET@",
+                               project_dir="/opt/my dir", broker="mq:61613")
+        hostile = "@LOGIN@$(touch /tmp/pwned)`id`;\"'"
+        plain = self.launcher.run_params("app-1", "secret")["UserData"]
+        self.assertIsNone(re.search(r"@[A-Z_]+@", plain), "a placeholder was left unfilled")
+        script = ec2.user_data(config, "app-1", hostile)
+        self.assertEqual(script.count(shlex.quote(hostile)), 1)   # filled in one pass: once
+        self.assertIn("export NP_JOIN_SECRET=" + shlex.quote(hostile) + "\n", script)
+        self.assertIn("of cluster 'c @SECRET@', written", script)
+        self.assertIn("NP_HOME=${NP_HOME:-'/opt/my dir'}", script)
+        # bash reads the secret back unchanged and runs nothing in it
+        probe = script.split("run_as=()")[0].replace("cd \"$NP_HOME\" || exit 1", "")
+        out = subprocess.run(["bash", "-c", probe + 'printf %s "$NP_JOIN_SECRET"'], capture_output=True,
+                             env={"PATH": os.environ["PATH"], "NP_ADVERTISE": "127.0.0.1"}, timeout=10)
+        self.assertEqual(out.stdout.decode(), hostile)
+        with self.assertRaises(ValueError):
+            ec2.user_data(config, "app-1\nreboot", "secret")
+        with open(userdata.TEMPLATE) as f:
+            self.assertTrue(f.read().startswith("#!/bin/bash\n"))
 
     def test_throttling_and_connection_errors_are_retried(self):
         self.fake.run_failures = [client_error("RequestLimitExceeded"),
@@ -587,6 +622,36 @@ class LauncherUnitTest(unittest.TestCase):
         self.assertIn(alive, self.fake.terminated)
         with self.assertRaises(RuntimeError):
             self.launcher.launch("app-3", "secret")
+
+    def test_close_retries_in_a_worker_never_sleeping_on_the_loop(self):
+        self.launcher.launch("app-1", "secret")
+        self.assertTrue(self.turn_until(lambda: len(self.launcher.instances) == 1))
+        alive = self.launcher.instances["app-1"].instance_id
+        self.fake.terminate_failures = [client_error("Throttling", "TerminateInstances"),
+                                        client_error("RequestLimitExceeded", "TerminateInstances")]
+        sleepers, real_sleep = [], time.sleep
+
+        def sleep(seconds):
+            sleepers.append(threading.current_thread())
+            real_sleep(seconds)
+        with mock.patch("time.sleep", sleep):
+            self.launcher.close()
+        self.assertEqual([code for _, code in self.fake.terminate_calls],
+                         ["Throttling", "RequestLimitExceeded", None])
+        self.assertIn(alive, self.fake.terminated)
+        self.assertEqual(len(sleepers), 2)
+        self.assertNotIn(threading.current_thread(), sleepers)
+
+    def test_close_is_bounded_when_aws_does_not_answer(self):
+        self.launcher.launch("app-1", "secret")
+        self.assertTrue(self.turn_until(lambda: len(self.launcher.instances) == 1))
+        self.fake.terminate_gate = threading.Event()      # terminate_instances hangs
+        started = time.monotonic()
+        self.launcher.close(timeout=1.0)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(self.fake.terminated, [])
+        with self.assertRaises(RuntimeError):
+            self.launcher.launch("app-2", "secret")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from lib.loop.process import watch_exit
 log = logging.getLogger("launcher.local")
 
 
-
 class LocalLauncher:
     name = "local"
 
@@ -60,9 +59,6 @@ class LocalLauncher:
         proc = self.procs.get(server_id)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-
-    def pids(self):
-        return {sid: p.pid for sid, p in self.procs.items()}
 
     def close(self, timeout=3.0):
         """Stop every child and wait for them (login server shutdown)."""
