@@ -50,6 +50,9 @@ class AppServer:
         return len(self.users) + len(self.waiting)
 
 
+RELEASED_WHILE_WAITING = "Logged out while waiting for an application server; log in again"
+
+
 class FleetFull(Exception):
     pass
 
@@ -105,9 +108,15 @@ class Fleet:
         if server is None:
             return
         server.users.discard(user)
+        waiting = [cb for u, cb in server.waiting if u == user]
         server.waiting = [(u, cb) for u, cb in server.waiting if u != user]
         if server.load == 0:
             server.idle_since = self.clock()
+        # A login (or locate) of this user still waiting for a launch, when a
+        # logout or delete from another connection frees the slot, must not
+        # be left unanswered (the client would wait minutes): it is told why.
+        for callback in waiting:
+            callback(None, RELEASED_WHILE_WAITING)
 
     # -- lifecycle -------------------------------------------------------------
     def _launch(self):

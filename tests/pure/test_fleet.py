@@ -180,14 +180,20 @@ class AssignmentTest(FleetTestCase):
         self.assertEqual(self.fleet.servers, {})
         self.assertEqual(self.fleet.by_secret, {})
 
-    def test_a_release_while_waiting_frees_the_reserved_slot(self):
+    def test_a_release_while_waiting_frees_the_slot_and_answers_the_waiting_login(self):
+        # ann's login waits for a launch when a logout of ann arrives from
+        # another connection: the slot is free at once, and the login is told
+        # why instead of hanging until its client gives up.
         self.make(capacity=1)
         self.login("ann")
         self.fleet.release("ann")
+        self.assertEqual(self.answers.of("ann"),
+                         [(None, "Logged out while waiting for an application server; log in again")])
         self.login("bob")                # ann's slot is free again: no second launch
         self.assertEqual(len(self.launcher.launched), 1)
         self.ready("app-1")
-        self.assertEqual(self.answers.of("ann"), [])
+        self.assertEqual(self.answers.of("ann"),
+                         [(None, "Logged out while waiting for an application server; log in again")])
         self.assertEqual(self.answers.of("bob"), [("app-1", None)])
 
 
