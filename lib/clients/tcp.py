@@ -13,12 +13,11 @@ import socket
 import sys
 
 from lib.clients.tcp_events import (
-    CancelTimer, ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, EndOfInput, Print,
-    ReplyLine, Send, SetTimer, StartBroker, Stop, Subscribe, Subscribed, TimerFired, Typed,
-    Unsubscribe)
+    ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, EndOfInput, Print,
+    ReplyLine, Send, StartBroker, Stop, Subscribe, Subscribed, TimerFired, Typed, Unsubscribe)
 from lib.clients.tcp_machine import ClientMachine
 from lib.loop.reactor import Reactor
-from lib.loop.timers import TimerTable
+from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineConnection, LineReader
 from lib.social import protocol
 
@@ -204,12 +203,6 @@ class TcpClient:
             self.exit_code = 1    # nobody reads our output any more
             self.reactor.stop()
 
-    def _set_timer(self, action):
-        self.timers.set(action.key, action.delay)
-
-    def _cancel_timer(self, action):
-        self.timers.cancel(action.key)
-
     def _stop(self, action):
         self.exit_code = self.exit_code or action.exit_code
         self.reactor.stop()
@@ -239,7 +232,7 @@ class TcpClient:
 
 _DO = {
     Connect: TcpClient._connect, Send: TcpClient._send, Close: TcpClient._close,
-    Print: TcpClient._print, SetTimer: TcpClient._set_timer, CancelTimer: TcpClient._cancel_timer,
+    Print: TcpClient._print, **timer_handlers(),
     Stop: TcpClient._stop, StartBroker: TcpClient._start_broker, Subscribe: TcpClient._subscribe,
     Unsubscribe: TcpClient._unsubscribe,
 }

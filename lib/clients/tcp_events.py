@@ -6,6 +6,8 @@ and a driver dispatches on their type (tcp.py; the machine: tcp_machine.py).
 import enum
 from dataclasses import dataclass
 
+from lib.loop.timers import CancelTimer, SetTimer, TimerFired  # noqa: F401  (shared timer values)
+
 
 # -- events in ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -38,11 +40,6 @@ class ReplyLine:
 @dataclass(frozen=True)
 class Closed:
     address: tuple
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    key: object
 
 
 @dataclass(frozen=True)
@@ -93,17 +90,6 @@ class Subscribe:
 @dataclass(frozen=True)
 class Unsubscribe:
     destination: str
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    key: object                   # setting a key again replaces its timer
-    delay: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    key: object
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from lib.hub import wire
 from lib.hub.actions import CancelTimer, Send, SetTimer
 from lib.hub.wire import SERVER
 from lib.loop.reactor import Reactor
-from lib.loop.timers import TimerTable
+from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineReader
 
 log = logging.getLogger("udp_client")
@@ -304,15 +304,9 @@ class _Driver:
             self.status = 1
             self.reactor.stop()
 
-    def _set_timer(self, action):
-        self.timers.set(action.key, action.delay)
-
-    def _cancel_timer(self, action):
-        self.timers.cancel(action.key)
-
 
 _DO = {Send: _Driver._send, Print: _Driver._print,
-       SetTimer: _Driver._set_timer, CancelTimer: _Driver._cancel_timer}
+       **timer_handlers()}
 
 
 def _parser():

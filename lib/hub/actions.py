@@ -3,6 +3,8 @@ hub's sessions (lib/hub/session.py) and the client (lib/clients/udp.py).
 Each machine adds its own (`Verify` for the hub, `Print` for the client)."""
 from dataclasses import dataclass
 
+from lib.loop.timers import CancelTimer, SetTimer  # noqa: F401  (the timer actions, shared)
+
 
 @dataclass(frozen=True)
 class Send:
@@ -11,13 +13,3 @@ class Send:
     addr: tuple = None
 
 
-@dataclass(frozen=True)
-class SetTimer:
-    """(Re)arm the timer `key` to fire in `delay` s; replaces one with the same key."""
-    key: tuple
-    delay: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    key: tuple

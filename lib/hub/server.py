@@ -10,8 +10,8 @@ import time
 from lib import ROOT
 from lib.accounts import names, passwords
 from lib.hub import session as hub
-from lib.hub.actions import CancelTimer, Send, SetTimer
-from lib.loop.timers import TimerTable
+from lib.hub.actions import Send
+from lib.loop.timers import TimerTable, timer_handlers
 
 log = logging.getLogger("udp_hub")
 DEFAULT_USERS = os.path.join(ROOT, "users.txt")
@@ -72,12 +72,6 @@ class HubServer:
         except OSError as e:  # full buffer or bad address: UDP may lose it anyway
             log.info("sendto %s: %s", action.addr, e)
 
-    def _set_timer(self, action):
-        self.timers.set(action.key, action.delay)
-
-    def _cancel_timer(self, action):
-        self.timers.cancel(action.key)
-
     def _fire(self, key):
         self._apply(self.hub.timer(key, time.monotonic()))
 
@@ -111,5 +105,4 @@ class HubServer:
         self.sock.close()
 
 
-_DO = {Send: HubServer._send, SetTimer: HubServer._set_timer,
-       CancelTimer: HubServer._cancel_timer, hub.Verify: HubServer._verify}
+_DO = {Send: HubServer._send, hub.Verify: HubServer._verify, **timer_handlers()}

@@ -1,4 +1,25 @@
-"""Keyed timers for state machines' timeouts."""
+"""Keyed timers for state machines: the actions a machine returns to arm
+and cancel them, the event it gets when one fires, and the TimerTable that
+carries the actions out on a reactor."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """(Re)arm timer `key` to fire in `delay` seconds; replaces one with the same key."""
+    key: object
+    delay: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    key: object
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """Timer `key` (armed by SetTimer) expired."""
+    key: object
 
 
 class TimerTable:
@@ -18,6 +39,21 @@ class TimerTable:
         if timer:
             timer.cancel()
 
+    def carry_out(self, action):
+        """Run a SetTimer or CancelTimer action."""
+        if isinstance(action, SetTimer):
+            self.set(action.key, action.delay)
+        else:
+            self.cancel(action.key)
+
     def _fire(self, key):
         self.timers.pop(key, None)
         self.on_fire(key)
+
+
+def timer_handlers(attribute="timers"):
+    """Entries for a driver's table of actions: SetTimer and CancelTimer run
+    by the driver's TimerTable (`driver.<attribute>`)."""
+    def carry_out(driver, action):
+        getattr(driver, attribute).carry_out(action)
+    return {SetTimer: carry_out, CancelTimer: carry_out}

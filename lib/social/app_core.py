@@ -22,6 +22,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from lib.loop.timers import SetTimer, TimerFired  # noqa: F401  (shared timer values)
 from lib.social import applink
 from lib.social.applink import Input, State
 from lib.social.protocol import Request, fail
@@ -85,22 +86,10 @@ class Published:
     error: str = None
 
 
-@dataclass(frozen=True)
-class TimerFired:
-    key: TimerKey
-
-
 # -- actions (what the driver must do) -------------------------------------------------
 @dataclass(frozen=True)
 class Connect:
     """Start connecting to the login server; report LinkConnected or ConnectFailed."""
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    """(Re)arm timer `key` to fire in `delay` seconds (TimerFired)."""
-    key: TimerKey
-    delay: float
 
 
 @dataclass(frozen=True)

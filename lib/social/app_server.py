@@ -5,7 +5,7 @@ broker link. It only moves bytes; every decision is in lib/social/app_core.py.
 import logging
 import socket
 
-from lib.loop.timers import TimerTable
+from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineConnection
 from lib.social import app_core as core
 from lib.social import applink, protocol
@@ -118,9 +118,6 @@ class AppServer:
     def _connect(self, action):
         self.reactor.run_in_thread(open_link, self.login, done=self._connect_done, pool=LINK_POOL)
 
-    def _set_timer(self, action):
-        self.timers.set(action.key, action.delay)
-
     def _send_link(self, action):
         self.link.send(action.line)
 
@@ -147,7 +144,7 @@ class AppServer:
 
 
 _DO = {
-    core.Connect: AppServer._connect, core.SetTimer: AppServer._set_timer,
+    core.Connect: AppServer._connect, **timer_handlers(),
     core.SendLink: AppServer._send_link, core.CloseLink: AppServer._close_link,
     core.Reply: AppServer._reply, core.Pause: AppServer._pause, core.Resume: AppServer._resume,
     core.Publish: AppServer._publish, core.Exit: AppServer._exit,
