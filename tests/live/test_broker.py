@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from lib.messaging import broker  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 from lib.social.commands import Context  # noqa: E402
-from tests.support import wait_for  # noqa: E402
+from tests.support import disturbs_broker, holds_for, wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "activemq.sh")
 PORT = int(os.environ.get("NP_BROKER_PORT", "61613"))
@@ -215,11 +215,21 @@ class BrokerTest(unittest.TestCase):
             self.assertEqual(client.bodies(), ["to everyone"])
         # After unsubscribe, `b` gets nothing more; `a` still does.
         b.loop.call(b.link.unsubscribe, topic)
-        time.sleep(0.1)  # UNSUBSCRIBE carries no receipt; let it reach the broker
+        # UNSUBSCRIBE carries no receipt, but the broker handles one
+        # connection's frames in order: the receipt of a later frame from `b`
+        # (a publish to a topic nobody reads) says the UNSUBSCRIBE has landed.
+        self.assertEqual(b.publish_wait(NAMES.new_topic(), "fence")[:2], (True, None))
         self.assertTrue(pub.publish_wait(topic, "second")[0])
         self.assertTrue(wait_for(lambda: len(a.messages) == 2, 5))
-        time.sleep(0.2)
-        self.assertEqual(b.bodies(), ["to everyone"])
+        # Marker: `b` subscribes again and `pub` publishes once more. The
+        # broker dispatches one topic's messages in publish order over `b`'s
+        # one connection, so once "third" is in, "second" would be too.
+        self.assertEqual(b.subscribe_wait(topic), (True, None))
+        self.assertTrue(pub.publish_wait(topic, "third")[0])
+        self.assertTrue(wait_for(lambda: "third" in b.bodies(), 5), "the marker never reached b")
+        self.assertEqual(b.bodies(), ["to everyone", "third"])
+        self.assertTrue(wait_for(lambda: len(a.messages) == 3, 5))
+        self.assertEqual(a.bodies(), ["to everyone", "second", "third"])
         self.assertNotIn("WRONG THREAD", [m[0] for m in a.messages + b.messages])
 
     def test_guessable_names_receive_nothing(self):
@@ -253,8 +263,16 @@ class BrokerTest(unittest.TestCase):
             for destination in (queue, topic):
                 self.assertTrue(pub.publish_wait(destination, "secret for alice", True)[0])
             self.assertTrue(wait_for(lambda: len(sub.messages) == 2, 5))
-            time.sleep(0.3)
-            self.assertEqual(snooped, [])
+            # Markers: one to each guessed name, published after the secrets
+            # and by the same connection. A destination's messages reach its
+            # subscriber in order, so once every marker is in, a secret that
+            # had gone to a guessed name would be in too.
+            markers = ["marker for %s" % destination for destination in guesses]
+            for destination, marker in zip(guesses, markers):
+                self.assertTrue(pub.publish_wait(destination, marker)[0])
+            self.assertTrue(wait_for(lambda: set(markers) <= set(snooped), 5),
+                            "markers missing: %r" % snooped)
+            self.assertEqual(sorted(snooped), sorted(markers))   # nothing but the markers
         finally:
             snoop.disconnect()
         self.assertEqual(sub.bodies(), ["secret for alice"] * 2)
@@ -273,7 +291,10 @@ class BrokerTest(unittest.TestCase):
             pub.link._on_lost(pub.link._gen, "simulated loss")
         pub.loop.call(burst)
         self.assertTrue(wait_for(lambda: len(calls) == 20, 5))
-        time.sleep(0.5)  # receipts of the dead connection must not fire done() again
+        # Receipts of the dead connection may still come in: for 0.5 s, and
+        # at every moment of it, each publish has had done() exactly once.
+        self.assertTrue(holds_for(lambda: len(calls) == 20 and all(len(r) == 1 for r in calls.values()),
+                                  0.5), "done() ran again: %r" % calls)
         self.assertEqual(sorted(calls), list(range(20)))
         for results in calls.values():
             self.assertEqual(results, [(False, "simulated loss")])
@@ -281,7 +302,7 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(pub.publish_wait(queue, "after", True)[0])
         del sub
 
-    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
+    @disturbs_broker
     def test_zz_broker_down_then_back(self):
         """Publishing while the broker is stopped fails quickly; when it comes
         back the link reconnects and resubscribes by itself."""
@@ -297,7 +318,11 @@ class BrokerTest(unittest.TestCase):
             self.assertFalse(ok)
             self.assertTrue(err)
             self.assertLess(time.monotonic() - t0, 0.5)
-            time.sleep(1.0)  # a few failed reconnects on both links; nothing may crash
+            # Not a wait for a condition: the behaviour under test is a stretch
+            # of time with the broker gone (the links retry every 0.2, 0.4,
+            # 0.8 s...), after which both links are still alive and still
+            # report themselves down.
+            time.sleep(1.0)
             self.assertEqual(pub.states[-1][1], False)
             self.assertEqual(sub.states[-1][1], False)
         finally:
@@ -308,7 +333,7 @@ class BrokerTest(unittest.TestCase):
         print("\n  reconnect after broker start: %.2f s" % (time.monotonic() - up), file=sys.stderr)
         self.assertTrue(self.publish_until_delivered(pub, sub, queue, "back"))
 
-    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
+    @disturbs_broker
     def test_zz_restart_reconnects_and_resubscribes(self):
         pub, sub = self.client("pub"), self.client("sub")
         queue, topic = NAMES.new_queue(), NAMES.new_topic()
@@ -328,7 +353,7 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(self.publish_until_delivered(pub, sub, queue, "after restart"))
         self.assertTrue(self.publish_until_delivered(pub, sub, topic, "topic after restart"))
 
-    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
+    @disturbs_broker
     def test_zz_persistent_message_survives_restart(self):
         pub = self.client("pub")
         queue = NAMES.new_queue()
@@ -339,8 +364,12 @@ class BrokerTest(unittest.TestCase):
         sub = self.client("late-sub")
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(wait_for(lambda: sub.messages, 5), "persistent message lost")
-        time.sleep(0.2)
-        self.assertEqual(sub.bodies(), ["kept"])
+        # Marker: a message queued after the restart comes after anything the
+        # queue kept through it, so once it is in, "dropped" would be too.
+        self.assertTrue(pub.wait_connected(10), "publisher did not reconnect after the restart")
+        self.assertEqual(pub.publish_wait(queue, "marker", persistent=True)[:2], (True, None))
+        self.assertTrue(wait_for(lambda: "marker" in sub.bodies(), 5), "the marker never arrived")
+        self.assertEqual(sub.bodies(), ["kept", "marker"])
 
     def publish_until_delivered(self, pub, sub, destination, body):
         """The subscription is restored right after CONNECTED, but a topic

@@ -85,10 +85,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def _forward(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+        params = parse_qs(body.decode("utf-8", "replace"))
+        action = params.get("Action", [""])[0]
+        self.server.calls.append((action, params))   # on arrival, before any delay
         delay = self.server.delays.get(action, 0.0)
         if delay:
-            time.sleep(delay)
+            time.sleep(delay)   # the slowness a test injects (not a wait)
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
         upstream.request(self.command, self.path, body, headers)
@@ -114,8 +116,17 @@ class DelayProxy(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = upstream
         self.delays = {}          # EC2 Action -> seconds
+        self.calls = []           # (EC2 Action, {parameter: [values]}) of every request, as it arrives
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def count(self, action):
+        """How many `action` requests have reached the proxy."""
+        return sum(1 for a, _ in list(self.calls) if a == action)
+
+    def naming(self, value):
+        """The actions of the requests that carried `value` as a parameter."""
+        return [a for a, params in list(self.calls) if any(value in v for v in params.values())]
 
 
 # -- protocol clients ---------------------------------------------------------------
@@ -166,6 +177,7 @@ class MotoTestCase(unittest.TestCase):
         self.server = None
         self.sim = None
         self.proxy.delays.clear()
+        self.proxy.calls.clear()
         self.tmp = tempfile.TemporaryDirectory(prefix="np-ec2-test-")
         self.addCleanup(self.tmp.cleanup)
 
@@ -296,8 +308,13 @@ class Ec2FleetTest(MotoTestCase):
         gone = ("shutting-down", "terminated")
         self.assertTrue(wait_for(lambda: all(self.instances(cluster)[i]["State"]["Name"] in gone
                                              for i in (orphan, stopped_orphan)), 10), self.server_output())
-        time.sleep(1.5)   # another poll: still untouched
+        # another full poll (DescribeInstances #n+1 starts only after #n was
+        # reconciled and its terminations sent): still untouched
+        polls = self.proxy.count("DescribeInstances")
+        self.assertTrue(wait_for(lambda: self.proxy.count("DescribeInstances") >= polls + 2, 10),
+                        self.server_output())
         self.assertEqual(self.instances("test-someone-else")[foreign]["State"]["Name"], "running")
+        self.assertEqual(self.proxy.naming(foreign), [], "the login server asked about another cluster's instance")
         self.assertIn("orphan", self.server_output())
         self.stop_server()
         self.assertEqual(self.instances("test-someone-else")[foreign]["State"]["Name"], "running")
@@ -336,7 +353,8 @@ class Ec2FleetTest(MotoTestCase):
         waiter = threading.Thread(target=login)
         started = time.monotonic()
         waiter.start()
-        time.sleep(0.5)   # run_instances is now under way (and slow)
+        # run_instances is now under way (and slow)
+        self.assertTrue(wait_for(lambda: self.proxy.count("RunInstances"), 10), self.server_output())
         t0 = time.monotonic()
         reply = ask(self.port, "register newcomer pw-newcomer", timeout=10)
         self.assertEqual(reply["status"], 0, reply)
@@ -363,7 +381,8 @@ class Ec2FleetTest(MotoTestCase):
                 box["error"] = e
         waiter = threading.Thread(target=login)
         waiter.start()
-        time.sleep(0.7)
+        # SIGTERM while run_instances is under way: the proxy holds it for 2 s
+        self.assertTrue(wait_for(lambda: self.proxy.count("RunInstances"), 10), self.server_output())
         self.stop_server()
         waiter.join(10)
         # the instance created by the slow call was terminated all the same

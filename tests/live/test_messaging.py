@@ -1,23 +1,40 @@
 """send and send-group end to end through the real ActiveMQ broker, with
 separate client processes, guessing subscribers, and broker restarts."""
+import collections
 import os
 import subprocess
-import time
 import unittest
 import uuid
 
 import stomp
 
-from tests.support import BROKER, ROOT, LoginServer, wait_for
+from tests.support import BROKER, ROOT, LoginServer, disturbs_broker, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
 
 
-def sorted_chat(client, count, timeout=10):
-    wait_for(lambda: len(client.chat) >= count, timeout=timeout)
-    time.sleep(0.3)   # nothing more may arrive
-    return sorted(client.chat)
+def settled_chat(client, markers, timeout=10):
+    """`client`'s chat lines, sorted, once every line of `markers` has come
+    (the markers taken out, once each). The test sends the markers after the
+    messages it checks, one to each destination the client listens on; the
+    broker hands a destination's messages out in the order it took them, so
+    once the markers are in, anything else sent there before them is too."""
+    wanted = collections.Counter(markers)
+    wait_for(lambda: not wanted - collections.Counter(list(client.chat)), timeout=timeout)
+    chat = collections.Counter(list(client.chat))
+    missing = wanted - chat
+    if missing:
+        raise AssertionError(f"markers never arrived: {sorted(missing.elements())}; chat: {client.chat}")
+    return sorted((chat - wanted).elements())
+
+
+def say_until(client, line, expected="Success!", timeout=20):
+    """Type `line` again every 0.5 s until the reply is `expected` (at most
+    `timeout` s); the last reply."""
+    replies = []
+    wait_for(lambda: replies.append(client.say(line)) or replies[-1] == expected, timeout, interval=0.5)
+    return replies[-1]
 
 
 @unittest.skipUnless(os.path.exists(ACTIVEMQ), "no broker setup script")
@@ -63,18 +80,36 @@ class MessagingTest(unittest.TestCase):
         self.assertEqual(two.say("send dave bob from dave"), "Success!")
         self.assertEqual(two.say("send-group bob club hello club"), "Success!")
         self.assertEqual(two.say("send-group dave club nope"), "You are not the member of club")
-        self.assertEqual(sorted_chat(one, 4), sorted([
+        # markers to every destination the two clients listen on: alice's,
+        # carol's, bob's and dave's queues, and club's topic
+        self.assertEqual(one.say("send carol alice mark"), "Success!")
+        self.assertEqual(one.say("send alice carol mark"), "Success!")
+        self.assertEqual(one.say("send alice bob mark"), "Success!")
+        self.assertEqual(two.say("send bob dave mark"), "Success!")
+        self.assertEqual(one.say("send-group alice club mark"), "Success!")
+        self.assertEqual(settled_chat(one, [
+            "<<<carol->alice: mark>>>", "<<<alice->carol: mark>>>",
+            "<<<alice->GROUP<club>: mark>>>", "<<<alice->GROUP<club>: mark>>>"]), sorted([
             "<<<bob->alice: hi alice>>>", "<<<carol->alice: same client>>>",
             "<<<bob->GROUP<club>: hello club>>>", "<<<bob->GROUP<club>: hello club>>>"]))
-        self.assertEqual(sorted_chat(two, 3), sorted([
+        self.assertEqual(settled_chat(two, [
+            "<<<alice->bob: mark>>>", "<<<bob->dave: mark>>>", "<<<alice->GROUP<club>: mark>>>"]), sorted([
             "<<<alice->bob: hi bob>>>", "<<<dave->bob: from dave>>>",
             "<<<bob->GROUP<club>: hello club>>>"]))
         # after logout nothing more reaches bob's client for bob
         self.assertEqual(two.say("logout bob"), "Bye!")
+        before = sorted(two.chat)
+        self.assertEqual(len(before), 6)   # the 3 messages and the 3 markers above
         self.assertEqual(one.say("send alice bob later"), "bob is not online")
         self.assertEqual(one.say("send-group alice club after"), "Success!")
-        time.sleep(1)
-        self.assertEqual(len(two.chat), 3)
+        # Marker on the way "after" would have come (club's topic, to bob's
+        # client): dave joins club there, and alice sends to the group again.
+        self.assertEqual(two.say("join-group dave club"), "Success!")
+        # answered only once the broker has confirmed dave's subscription
+        self.assertEqual(two.say("list-friend dave"), "bob")
+        self.assertEqual(one.say("send-group alice club last"), "Success!")
+        self.assertEqual(settled_chat(two, ["<<<alice->GROUP<club>: last>>>"]), before)
+        self.assertNotIn("<<<alice->GROUP<club>: after>>>", two.chat)
 
     def test_guessable_destinations_receive_nothing(self):
         got, receipts = [], set()
@@ -121,12 +156,17 @@ class MessagingTest(unittest.TestCase):
             wait_for(lambda: leaked() or len(canaries()) == len(guesses))
             self.assertEqual(leaked(), [])
             self.assertEqual(canaries(), sorted(guesses), "the spy's own canaries did not all come back")
-            self.assertEqual(sorted_chat(one, 2), [f"<<<alice->GROUP<club>: secret-{nonce}>>>",
-                                                   f"<<<alice->bob: secret-{nonce}>>>"])
+            # markers to the destinations `one` listens on: alice's and bob's queues, club's topic
+            self.assertEqual(one.say("send bob alice mark"), "Success!")
+            self.assertEqual(one.say("send alice bob mark"), "Success!")
+            self.assertEqual(one.say("send-group alice club mark"), "Success!")
+            self.assertEqual(settled_chat(one, ["<<<bob->alice: mark>>>", "<<<alice->bob: mark>>>",
+                                                "<<<alice->GROUP<club>: mark>>>"]),
+                             [f"<<<alice->GROUP<club>: secret-{nonce}>>>", f"<<<alice->bob: secret-{nonce}>>>"])
         finally:
             spy.disconnect()
 
-    @__import__("tests.support", fromlist=["disturbs_broker"]).disturbs_broker
+    @disturbs_broker
     def test_broker_restart_between_two_sends_and_persistence(self):
         one, two = self.client(), self.client()
         for u in ("ann", "ben"):
@@ -136,7 +176,8 @@ class MessagingTest(unittest.TestCase):
         self.befriend(one, "ann", "ben")
         two.say("accept-invite ben ann")
         self.assertEqual(one.say("send ann ben before"), "Success!")
-        self.assertEqual(sorted_chat(two, 1), ["<<<ann->ben: before>>>"])
+        self.assertEqual(one.say("send ann ben mark"), "Success!")   # ben's queue is all `two` listens on
+        self.assertEqual(settled_chat(two, ["<<<ann->ben: mark>>>"]), ["<<<ann->ben: before>>>"])
         # broker down: a clear failure, nothing crashes
         subprocess.run([ACTIVEMQ, "stop"], check=True, stdout=subprocess.DEVNULL)
         try:
@@ -145,14 +186,9 @@ class MessagingTest(unittest.TestCase):
         finally:
             subprocess.run([ACTIVEMQ, "start"], check=True, stdout=subprocess.DEVNULL)
         # app servers and clients reconnect by themselves
-        deadline = time.monotonic() + 20
-        while True:
-            reply = one.say("send ann ben after")
-            if reply == "Success!" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        self.assertEqual(reply, "Success!")
-        self.assertIn("<<<ann->ben: after>>>", sorted_chat(two, 2))
+        self.assertEqual(say_until(one, "send ann ben after", timeout=20), "Success!")
+        wait_for(lambda: "<<<ann->ben: after>>>" in two.chat)
+        self.assertIn("<<<ann->ben: after>>>", two.chat)
         # a persistent message nobody has consumed survives a broker restart:
         # ben's client exits (ben stays logged in on the server), ann sends
         two.close()
@@ -161,7 +197,10 @@ class MessagingTest(unittest.TestCase):
         subprocess.run([ACTIVEMQ, "restart"], check=True, stdout=subprocess.DEVNULL)
         three = self.client()
         self.assertEqual(three.say("login ben pw"), "Success!")     # same session, same queue
-        self.assertEqual(sorted_chat(three, 1, timeout=20), ["<<<ann->ben: kept>>>"])
+        # the marker goes in behind "kept" (ann's app server may still be reconnecting)
+        self.assertEqual(say_until(one, "send ann ben mark again", timeout=20), "Success!")
+        self.assertEqual(settled_chat(three, ["<<<ann->ben: mark again>>>"], timeout=20),
+                         ["<<<ann->ben: kept>>>"])
 
 
 if __name__ == "__main__":

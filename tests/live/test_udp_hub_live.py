@@ -12,7 +12,7 @@ import unittest
 
 from lib.accounts import passwords
 
-from tests.support import ROOT  # noqa: E402
+from tests.support import ROOT, wait_for  # noqa: E402
 PY = sys.executable
 CLIENT = [PY, "-c", "import sys; from lib.clients import udp; sys.exit(udp.main(sys.argv[1:]))"]
 TOKEN_RE = r"[A-Za-z0-9!$%&*+\-=?@^_~]{6}"
@@ -79,15 +79,15 @@ class HubTestCase(unittest.TestCase):
                                  "--users", self.users, "--expiry", str(expiry), "-v"],
                                 stdout=subprocess.DEVNULL, stderr=log, cwd=self.tmp.name)
         self.addCleanup(self.stop_hub, proc, log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def listening():
             log.seek(0)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read())
-            if match:
-                return proc, int(match[1])
-            self.assertIsNone(proc.poll(), "hub died at start")
-            time.sleep(0.02)
-        self.fail("hub did not start")
+            return re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read()) or proc.poll() is not None
+        started = wait_for(listening, 10, interval=0.02)
+        self.assertIsNone(proc.poll(), "hub died at start")
+        if not started:
+            self.fail("hub did not start")
+        return proc, int(started[1])
 
     def stop_hub(self, proc, log):
         if proc.poll() is None:
@@ -149,8 +149,15 @@ class LoginTest(HubTestCase):
     def test_accounts_file_reloaded(self):
         with open(self.users, "a") as f:
             f.write("erin erin123\n")
-        time.sleep(1.3)  # the hub checks the file every second
-        self.assertRegex(self.udp().login("erin"), rf"\A{TOKEN_RE}\Z")
+        erin = self.udp()
+
+        def logged_in():   # "password does not match!" until the hub has read the new line
+            erin.send(f"erin->server#login<erin123><{erin.ip}><{erin.port}>")
+            return re.fullmatch(rf"server->erin#Success<({TOKEN_RE})>", erin.recv())
+        # the hub checks the file every second: in at most 1.3 s, the login works
+        token = wait_for(logged_in, 1.3)
+        self.assertTrue(token, "erin cannot log in 1.3 s after the accounts file changed")
+        self.assertRegex(token[1], rf"\A{TOKEN_RE}\Z")
 
 
 class MessageTest(HubTestCase):
@@ -214,7 +221,16 @@ class MessageTest(HubTestCase):
                      "\u00e9\u00e9->bob#<\u00e9\u00e9\u00e9><0000000008>x".encode(),
                      b"a->server#login<x><999.1.1.1><99999>", b"a->b->c#<abcdef><0000000001>x"]:
             evil.send(junk)
-        time.sleep(0.2)
+        # The hub reads its socket in order and answers a login for an unknown
+        # id at once: when that answer is in, every datagram above was handled.
+        evil.send(f"fence->server#login<x><{evil.ip}><{evil.port}>")
+        fence, replies = "server->fence#Error: password does not match!", []
+        try:
+            while fence not in replies:
+                replies.append(evil.recv())
+        except socket.timeout:
+            self.fail(f"no answer to the login sent after the junk (hub exited: {self.hub.poll()}); "
+                      f"got {replies}")
         self.assertAlive()
         fresh = self.udp()
         self.assertRegex(fresh.login("carol"), rf"\A{TOKEN_RE}\Z")
@@ -228,8 +244,12 @@ class ExpiryTest(HubTestCase):
         a, b = self.udp(), self.udp()
         a.login("alice")
         b.login("bob")
-        time.sleep(1.4)  # silence longer than --expiry: both go OFFLINE, nothing sent
+        # Not a wait for a condition: the behaviour under test is silence
+        # longer than --expiry (1 s), after which both are OFFLINE and the hub
+        # has sent neither of them anything.
+        time.sleep(1.4)
         self.assertTrue(a.nothing(0.05))
+        self.assertTrue(b.nothing(0.05))
         a.send(f"alice->bob#<{a.token}><7777777777>hello?")
         self.assertEqual(a.recv(), f"server->alice#<{a.token}><7777777777>Error: please log in again!")
         a.login("alice")
@@ -284,11 +304,21 @@ class ClientProcessTest(HubTestCase):
             self.assertRegex(proc.stdout.readline(), rf"\Aserver->bob#Success<{TOKEN_RE}>\n\Z")
             a = self.udp()
             a.login("alice")
+            log_path = os.path.join(self.tmp.name, f"hub-{self.expiry}.log")
+
+            def receipts():
+                with open(log_path) as f:
+                    return re.findall(r"receipt (\d{10}) from bob", f.read())
+            sent = []
             for msgid in ("1111111111", "1111111111", "2222222222"):
                 # The hub forwards a MSGID again once its receipt is in: a duplicate at bob.
                 a.send(f"alice->bob#<{a.token}><{msgid}>copy {msgid}")
                 self.assertIn("Success", a.recv())
-                time.sleep(0.3)
+                sent.append(msgid)
+                # bob's client has answered this copy (the hub logs each receipt)
+                # before the next one goes: a copy sent while one is still
+                # unanswered would not be forwarded again
+                self.assertTrue(wait_for(lambda: receipts() == sent, 5), receipts())
             self.assertIsNone(proc.poll())
         finally:
             proc.send_signal(signal.SIGTERM)
