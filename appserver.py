@@ -10,6 +10,7 @@ import signal
 import sys
 
 from lib.loop.address import parse_address
+from lib.social import limits
 from lib.loop.process import die_with_parent
 from lib.loop.reactor import Reactor
 from lib.loop.transports import raise_fd_limit
@@ -29,6 +30,7 @@ def parse_args(argv):
     p.add_argument("--die-with-parent", action="store_true",
                    help="exit when the parent process dies (local launcher)")
     p.add_argument("--log-level", default="INFO")
+    limits.add_arguments(p, only=limits.APP_SERVER)
     return p.parse_args(argv)
 
 
@@ -46,7 +48,7 @@ def main(argv=None):
     raise_fd_limit()
     reactor = Reactor()
     server = AppServer(reactor, args.id, parse_address(args.login), secret, args.host, args.port,
-                       advertise=args.advertise, broker=args.broker)
+                       advertise=args.advertise, broker=args.broker, limits=limits.from_args(args))
     server.start()
     reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
     reactor.add_signal_handler(signal.SIGINT, reactor.stop)

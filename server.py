@@ -8,6 +8,7 @@ import sys
 
 from lib.loop.address import format_address
 from lib.fleet.pool import Fleet
+from lib.social import limits
 from lib.social.login_server import LoginServer
 from lib.social.files import UnsafePath
 from lib.loop.process import watch_exit
@@ -31,8 +32,9 @@ def parse_args(argv):
                    help="how app servers are started (default local processes)")
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
                    help="terminate an app server with no users after S seconds (default 30)")
-    p.add_argument("--max-app-servers", type=int, default=None, metavar="N",
-                   help="never run more than N app servers (default: no limit)")
+    p.add_argument("--max-app-servers", type=int, default=30, metavar="N",
+                   help="never run more than N app servers (default 30: free accounts must not "
+                        "buy servers; logins over it get a clear error)")
     p.add_argument("--spare", type=int, default=0, metavar="N",
                    help="keep N empty app servers warm (default 0)")
     p.add_argument("--capacity", type=int, default=10, metavar="N",
@@ -49,6 +51,7 @@ def parse_args(argv):
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync (benchmarks only: a crash may lose acknowledged writes)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    limits.add_arguments(p)
     try:
         from lib.fleet.launchers import ec2
         ec2.add_arguments(p)
@@ -70,7 +73,8 @@ def make_launcher(args, reactor, internal_address):
         from lib.fleet.launchers import ec2
         return ec2.make(args, reactor, internal_address)
     from lib.fleet.launchers.local import LocalLauncher
-    return LocalLauncher(reactor, (host, port), args.host, broker=args.broker)
+    return LocalLauncher(reactor, (host, port), args.host, broker=args.broker,
+                         extra_args=limits.to_argv(limits.from_args(args), only=limits.APP_SERVER))
 
 
 def main(argv=None):
@@ -89,7 +93,8 @@ def main(argv=None):
         print(f"server: data directory {os.path.abspath(args.data)}: {e.strerror}", file=sys.stderr)
         return 1
     reactor.add_before_sleep(store.commit)   # group commit: before the turn's replies leave
-    service = LoginServer(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle)
+    service = LoginServer(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle,
+                          limits=limits.from_args(args))
     try:
         public, internal = service.listen(args.host, args.port, args.host, args.internal_port)
     except OSError as e:

@@ -8,6 +8,7 @@ import socket
 from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineConnection
 from lib.social import app_core as core
+from lib.social.limits import Limits
 from lib.social import applink, protocol
 from lib.social.request_server import RequestServer
 
@@ -46,8 +47,9 @@ class AppServer:
     core has asked to exit (the reactor is then stopped)."""
 
     def __init__(self, reactor, server_id, login, secret, host="0.0.0.0", port=0,
-                 advertise=None, broker=None, conn_idle=300.0):
+                 advertise=None, broker=None, conn_idle=300.0, limits=None):
         self.reactor, self.login = reactor, login
+        self.limits = limits or Limits()
         self.front = RequestServer(reactor, host, port, self._request, conn_idle)
         self.address = self.front.address
         advertise = advertise if advertise is not None else self.address[0]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from lib.accounts import names
 from lib.social import protocol
+from lib.social.limits import Limits
 from lib.social.protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
 
 
@@ -72,7 +73,11 @@ def token_digest(token):
 
 
 class Context:
-    """Sources of randomness for handlers (replaced in tests)."""
+    """What handlers take from outside: sources of randomness (replaced in
+    tests) and the limits in force (lib/social/limits.py)."""
+
+    def __init__(self, limits=None):
+        self.limits = limits or Limits()
 
     def new_token(self):
         return secrets.token_urlsafe(16)          # 128 bits

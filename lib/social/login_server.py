@@ -14,7 +14,8 @@ from lib.accounts import passwords
 from lib.loop.address import format_address
 from lib.loop.timers import TimerTable
 from lib.loop.transports import LineConnection, Listener
-from lib.social import applink
+from lib.social import applink, commands
+from lib.social.limits import Limits
 from lib.social import login_core as core
 from lib.social.request_server import RequestServer, answer
 
@@ -23,13 +24,15 @@ log = logging.getLogger("login")
 
 class LoginServer:
     def __init__(self, reactor, store, fleet=None, broker="127.0.0.1:61613", ctx=None,
-                 conn_idle=300.0):
+                 conn_idle=300.0, limits=None):
         """`fleet` may be set later (it needs the internal address to launch)."""
         self.reactor, self.fleet, self.conn_idle = reactor, fleet, conn_idle
+        self.limits = limits or Limits()
         # Verified when the user does not exist, so a wrong id costs the same
         # time as a wrong password (no user enumeration by timing).
         dummy = passwords.hash_password("np-social-dummy-password")
-        self.core = core.LoginCore(store, dummy, broker=broker, ctx=ctx)
+        self.core = core.LoginCore(store, dummy, broker=broker,
+                                   ctx=ctx or commands.Context(self.limits))
         self.timers = TimerTable(reactor, lambda link: self._feed(core.HelloTimedOut(link)))
         self.links = set()
         self._events = collections.deque()

@@ -8,7 +8,8 @@ from lib.social.protocol import Request, Server
 
 
 class FixedContext(commands.Context):
-    def __init__(self):
+    def __init__(self, limits=None):
+        super().__init__(limits)
         self.n = itertools.count(1)
 
     def new_token(self):

@@ -1,0 +1,97 @@
+"""Every limit of the TCP service in one table: its flag, default and
+meaning. `./server` and `appserver.py` take them all (`--help`), and
+docs/limits.md says what a client sees when it hits each one.
+
+The defaults let a classroom behind one NAT address through (250 sign-ups
+and logins from one address within a minute) and bite on floods beyond.
+"""
+import argparse
+from dataclasses import dataclass, field, fields, make_dataclass
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str          # attribute of Limits
+    default: object
+    kind: type         # int or float
+    metavar: str
+    help: str
+
+
+LIMITS = (
+    # -- bounded data ---------------------------------------------------------------
+    Limit("max_post_length", 1000, int, "CHARS", "longest post, send or send-group message"),
+    Limit("max_posts_per_user", 200, int, "N", "posts kept per user; the oldest go first"),
+    Limit("max_groups", 10000, int, "N", "groups in all"),
+    Limit("max_groups_per_user", 100, int, "N", "groups one user may belong to"),
+    Limit("max_list_items", 1000, int, "N",
+          "items in one list reply (receive-post, list-group, ...); the newest are kept"),
+    # -- the fleet cannot be bought -----------------------------------------------------
+    Limit("session_idle", 6 * 3600.0, float, "S",
+          "log out a session unused for S seconds, releasing its app-server slot"),
+    Limit("signups_per_minute", 300, int, "N", "registrations per source address per minute"),
+    Limit("logins_per_minute", 300, int, "N", "logins per source address per minute"),
+    # -- fair password checks -------------------------------------------------------------
+    Limit("hash_queue", 256, int, "N", "password checks waiting, in all"),
+    Limit("hash_per_address", 4, int, "N", "password checks in flight or waiting per source address"),
+    # -- connections ------------------------------------------------------------------------
+    Limit("max_conns_per_address", 512, int, "N", "client connections per source address"),
+    Limit("first_request_timeout", 10.0, float, "S", "close a connection that sends no request in S seconds"),
+    Limit("pipeline_lines", 16, int, "N", "requests taken from one connection per loop turn"),
+    Limit("max_unsent", 256 * KIB, int, "BYTES",
+          "stop reading a connection while this much of its output is unsent"),
+    # -- the internal port ----------------------------------------------------------------------
+    Limit("hello_line_max", 4 * KIB, int, "BYTES", "longest line before an app server's hello"),
+    Limit("max_pending_links", 16, int, "N", "app-server links that have not said hello, at once"),
+    Limit("link_json_depth", 16, int, "N", "deepest JSON nesting accepted on the internal link"),
+)
+
+
+# The values in force, one attribute per row of LIMITS (defaults from there).
+Limits = make_dataclass("Limits", [(limit.name, limit.kind, field(default=limit.default))
+                                   for limit in LIMITS], frozen=True)
+
+
+# The limits an application server enforces itself (its client connections);
+# the login server passes its values on when it launches one.
+APP_SERVER = frozenset({"max_conns_per_address", "first_request_timeout", "pipeline_lines",
+                        "max_unsent"})
+
+
+def _flag(limit):
+    return "--" + limit.name.replace("_", "-")
+
+
+def add_arguments(parser, only=None):
+    """One flag per limit (or those named in `only`), in a group of its own."""
+    group = parser.add_argument_group("limits (docs/limits.md: what a client sees at each)")
+    for limit in LIMITS:
+        if only is None or limit.name in only:
+            group.add_argument(_flag(limit), dest=limit.name, type=_positive(limit.kind),
+                               default=limit.default, metavar=limit.metavar,
+                               help=f"{limit.help} (default {limit.default:g})")
+
+
+def from_args(args):
+    return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits) if hasattr(args, f.name)})
+
+
+def to_argv(limits, only=None):
+    """The flags that pass `limits` on to a child process (an app server)."""
+    return [arg for limit in LIMITS if only is None or limit.name in only
+            for arg in (_flag(limit), repr(getattr(limits, limit.name)))]
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
