@@ -118,6 +118,15 @@ def knows_snapshot_flag(tree):
         return "--snapshot-every" in f.read()
 
 
+def knows_post_quotas(tree):
+    """Does `tree`'s server take --max-post-length and --max-posts-per-user?"""
+    path = os.path.join(tree, "lib", "social", "limits.py")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return "max_posts_per_user" in f.read()
+
+
 # ---------------------------------------------------------------------------------------
 # the probe (runs as its own process: `bench_snapshot.py --probe PORT TOKEN RATE COUNT`)
 
@@ -261,6 +270,8 @@ def one_round(tree, template, seconds, snapshot_every=SNAPSHOT_EVERY):
     flag = knows_snapshot_flag(tree)
     if flag:
         extra += ["--snapshot-every", str(snapshot_every)]
+    if knows_post_quotas(tree):   # the same load as before the quotas: 8,000-byte posts, all kept
+        extra += ["--max-post-length", str(POST_LINE), "--max-posts-per-user", str(2**31)]
     server = SnapServer(tree, template, *extra)
     probe = sampler = None
     try:

@@ -15,9 +15,9 @@ import secrets
 from dataclasses import dataclass, field
 
 from lib.accounts import names
-from lib.social import protocol
+from lib.social import protocol, quotas
 from lib.social.limits import Limits
-from lib.social.protocol import COMMANDS, NOT_LOGIN, Server, fail, listing, ok
+from lib.social.protocol import COMMANDS, NOT_LOGIN, Server, fail, ok
 
 
 class User:
@@ -171,8 +171,13 @@ def _m_accept(s, inviter, accepter):
     b.accepted_mine[accepter] = None
 
 
-def _m_post(s, author, message):
-    s.users[author].posts.append(message)
+def _m_post(s, author, message, keep=None):
+    # `keep` is max_posts_per_user when posted, journaled with the post (None
+    # in records from before it), so a replay trims alike whatever the flags.
+    posts = s.users[author].posts
+    posts.append(message)
+    if keep is not None and len(posts) > keep:
+        del posts[:len(posts) - keep]
 
 
 def _m_create_group(s, group, creator, topic):
@@ -273,7 +278,7 @@ def _invite(state, me, args, ctx):
 
 
 def _list_invite(state, me, args, ctx):
-    return Outcome(listing("invite", state.users[me].invites))
+    return Outcome(quotas.capped("invite", state.users[me].invites, ctx.limits))
 
 
 def _accept_invite(state, me, args, ctx):
@@ -284,18 +289,16 @@ def _accept_invite(state, me, args, ctx):
 
 
 def _list_friend(state, me, args, ctx):
-    return Outcome(listing("friend", state.users[me].friends()))
+    return Outcome(quotas.capped("friend", state.users[me].friends(), ctx.limits))
 
 
 def _post(state, me, args, ctx):
-    return Outcome(ok(), [("post", me, " ".join(args))])
+    return Outcome(ok(), [("post", me, " ".join(args), ctx.limits.max_posts_per_user)])
 
 
 def _receive_post(state, me, args, ctx):
-    posts = [{"id": friend, "message": message}
-             for friend in state.users[me].friends()
-             for message in state.users[friend].posts]
-    return Outcome(listing("post", posts))
+    by_friend = [(friend, state.users[friend].posts) for friend in state.users[me].friends()]
+    return Outcome(quotas.newest_posts(by_friend, ctx.limits))
 
 
 def _send(state, me, args, ctx):
@@ -323,11 +326,11 @@ def _create_group(state, me, args, ctx):
 
 
 def _list_group(state, me, args, ctx):
-    return Outcome(listing("group", state.groups))
+    return Outcome(quotas.capped("group", state.groups, ctx.limits))
 
 
 def _list_joined(state, me, args, ctx):
-    return Outcome(listing("group", state.users[me].joined))
+    return Outcome(quotas.capped("group", state.users[me].joined, ctx.limits))
 
 
 def _join_group(state, me, args, ctx):
@@ -376,7 +379,8 @@ def handle_relayed(state, line, ctx):
 
 def handle(state, request, ctx, served_by):
     """Every token command, in the priority order of docs/protocol.md §3:
-    unknown command, token, argument count, wrong server, own checks.
+    unknown command, token, argument count, wrong server, own checks, then
+    quotas (lib/social/quotas.py: a refusal drops the mutations and effect).
     register/login are not handled here (see check_/finish_ above)."""
     command = request.command
     if command is None:
@@ -393,4 +397,6 @@ def handle(state, request, ctx, served_by):
     if command.server is not served_by:
         where = "the login server" if command.server is Server.LOGIN else "your application server"
         return Outcome(fail(f"Send {command.name} to {where}"))
-    return HANDLERS[command.name](state, me, args, ctx)
+    outcome = HANDLERS[command.name](state, me, args, ctx)
+    refused = outcome.reply["status"] == 0 and quotas.refusal(command.name, state, me, args, ctx.limits)
+    return Outcome(refused) if refused else outcome

@@ -4,7 +4,9 @@ encoding and what the client prints (docs/protocol.md; every string is exact).
 Nothing here touches a socket.
 """
 import enum
+import functools
 import json
+import unicodedata
 from dataclasses import dataclass
 
 from lib.accounts import names
@@ -108,7 +110,8 @@ def fail(message, **fields):
 
 
 def listing(key, items):
-    """List replies carry no `message` key (docs/protocol.md §4)."""
+    """List replies carry no `message` key (docs/protocol.md §4); one cut
+    to `max_list_items` carries a `note` (lib/social/quotas.py)."""
     return {"status": 0, key: list(items)}
 
 
@@ -125,10 +128,11 @@ _LISTS = (("invite", "No invitations"), ("friend", "No friends"),
 
 
 def render(reply_obj):
-    """The lines the client prints for one reply, in the course's order."""
+    """The lines the client prints for one reply, in the course's order,
+    then a cut list's `note`; every text passes through `shown`."""
     lines = []
     if "message" in reply_obj:
-        lines.append(str(reply_obj["message"]))
+        lines.append(shown(reply_obj["message"]))
     for key, empty in _LISTS:
         if key not in reply_obj:
             continue
@@ -136,18 +140,48 @@ def render(reply_obj):
         if not items:
             lines.append(empty)
         elif key == "post":
-            lines.extend(f"{p['id']}: {p['message']}" for p in items)
+            lines.extend(f"{shown(p['id'])}: {shown(p['message'])}" for p in items)
         else:
-            lines.extend(str(item) for item in items)
+            lines.extend(shown(item) for item in items)
+    if "note" in reply_obj:
+        lines.append(shown(reply_obj["note"]))
     return lines
 
 
 def render_chat(body):
     """The line the client prints for a message from the broker."""
     msg = json.loads(body)
+    sender, message = shown(msg["from"]), shown(msg["message"])
     if msg.get("group") is not None:
-        return f"<<<{msg['from']}->GROUP<{msg['group']}>: {msg['message']}>>>"
-    return f"<<<{msg['from']}->{msg['to']}: {msg['message']}>>>"
+        return f"<<<{sender}->GROUP<{shown(msg['group'])}>: {message}>>>"
+    return f"<<<{sender}->{shown(msg['to'])}: {message}>>>"
+
+
+# What others wrote is printed with these as visible escapes, so it cannot
+# move the cursor, clear the screen or hide text: control characters (C0,
+# DEL, C1: category Cc), format characters (Cf: zero-width, bidi), line and
+# paragraph separators, lone surrogates, and the invisible characters of the
+# name rule (lib/accounts/names.py).
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_INVISIBLE = names._INVISIBLE_RE   # the name rule's table, not a second one
+
+
+def shown(text):
+    """`text` (any value: str() first) safe to print on a terminal: each
+    character above as `\\xhh`, `\\uhhhh` or `\\Uhhhhhhhh` (Python's form);
+    all else, printable ASCII included, unchanged."""
+    text = str(text)
+    if text.isprintable() and (text.isascii() or not _INVISIBLE.search(text)):
+        return text       # the common case, in C
+    return "".join(map(_shown_char, text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_char(c):
+    if unicodedata.category(c) not in _ESCAPED_CATEGORIES and not _INVISIBLE.match(c):
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def chat_body(sender, message, to=None, group=None, recipients=()):

@@ -21,7 +21,8 @@ class LimitedServer(support.LoginServer):
     def start(self):
         self.log = open(self.log_path, "ab")
         cmd = [support.PYTHON, os.path.join(support.ROOT, "server.py"), "127.0.0.1",
-               str(self.port), "--data", self.data, "--broker", self.broker]
+               str(self.port), "--data", self.data, "--broker", self.broker,
+               "--max-post-length", str(len(POST) + 10)]    # the posts below are over the default quota
         limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))  # noqa: E731
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=support.ROOT,
                                      preexec_fn=limit)
