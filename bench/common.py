@@ -148,10 +148,25 @@ def shared_scrypt(password):
     return _SHARED_HASH[1]
 
 
-def server_with_users(users, *extra, hashed=False):
+# Benchmarks measure capacity, and every load comes from 127.0.0.1: the
+# per-address limits that protect a real server against floods
+# (lib/social/limits.py) would only measure refusals here. bench_hostile.py
+# measures the defaults.
+GENEROUS = ("--logins-per-minute", "100000000", "--signups-per-minute", "100000000",
+            "--max-conns-per-address", "1000000", "--hash-per-address", "1000000",
+            "--max-app-servers", "1000")
+
+
+def generous_limits(tree=ROOT):
+    """The flags lifting the per-address limits, for a tree that has them."""
+    return list(GENEROUS) if os.path.exists(os.path.join(tree, "lib", "social", "limits.py")) else []
+
+
+def server_with_users(users, *extra, hashed=False, generous=True):
     """A LoginServer whose data dir starts with `users` ({name: password})
-    written in users.txt (the store takes hand-written lines as registered)."""
-    server = LoginServer(*extra)
+    written in users.txt (the store takes hand-written lines as registered);
+    `generous`: per-address limits lifted (see GENEROUS)."""
+    server = LoginServer(*(generous_limits() if generous else []), *extra)
     with open(os.path.join(server.data, "users.txt"), "w") as f:
         for name, pw in users.items():
             f.write(f"{name} {shared_scrypt(pw) if hashed else pw}\n")

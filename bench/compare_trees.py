@@ -40,7 +40,8 @@ class TreeServer(common.LoginServer):
 
 def setup(tree, n):
     users = {"star": "pw"} | {f"b{i}": "pw" for i in range(n)}
-    server = TreeServer(tree, "--capacity", "1000", "--idle-timeout", "600", "--log-level", "WARNING")
+    server = TreeServer(tree, *common.generous_limits(tree), "--capacity", "1000", "--idle-timeout", "600",
+                        "--log-level", "WARNING")
     with open(os.path.join(server.data, "users.txt"), "w") as f:
         f.writelines(f"{u} {p}\n" for u, p in users.items())
     server.start()
