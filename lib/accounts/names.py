@@ -62,7 +62,8 @@ def _delimiter_list():
     return ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-_INVISIBLE_RE = re.compile("[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _INVISIBLE) + "]")
+# Public: the client escapes the same characters when it prints (lib/social/protocol.py).
+INVISIBLE_RE = re.compile("[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _INVISIBLE) + "]")
 
 # Rules on the whole name, in the order their reasons are given. Regexes and
 # str methods, not a loop per character: the hub checks every account of a
@@ -70,7 +71,7 @@ _INVISIBLE_RE = re.compile("[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _I
 _TEXT_RULES = (
     (re.compile(r"\s").search, "white space is not allowed"),
     (re.compile(f"[{re.escape(DELIMITERS)}]").search, f"{_delimiter_list()} are not allowed"),
-    (lambda n: not n.isprintable() or _INVISIBLE_RE.search(n),
+    (lambda n: not n.isprintable() or INVISIBLE_RE.search(n),
      "control or invisible characters are not allowed"),
 )
 

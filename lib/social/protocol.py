@@ -163,7 +163,7 @@ def render_chat(body):
 # paragraph separators, lone surrogates, and the invisible characters of the
 # name rule (lib/accounts/names.py).
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_INVISIBLE = names._INVISIBLE_RE   # the name rule's table, not a second one
+_INVISIBLE = names.INVISIBLE_RE   # the name rule's table, not a second one
 
 
 def shown(text):

@@ -21,7 +21,7 @@ def escaped(code):
 def safe(line):
     """Nothing in `line` a terminal would act on or hide."""
     return not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
-                   or names._INVISIBLE_RE.match(c) for c in line)
+                   or names.INVISIBLE_RE.match(c) for c in line)
 
 
 class ShownTest(unittest.TestCase):
