@@ -41,6 +41,10 @@ def parse_args(argv):
                    help="users per app server (default 10, as the course requires)")
     p.add_argument("--broker", default="127.0.0.1:61613", metavar="HOST:PORT",
                    help="ActiveMQ STOMP address (default 127.0.0.1:61613)")
+    p.add_argument("--internal-host", default=None, metavar="HOST",
+                   help="address the port app servers register on listens on (default 127.0.0.1 "
+                        "with --launcher local; with --launcher ec2 the wildcard of HOST's family, "
+                        "0.0.0.0 or ::, so instances reach it at --advertise)")
     p.add_argument("--internal-port", type=int, default=0, metavar="N",
                    help="port app servers register on (default: any free port)")
     p.add_argument("--conn-idle", type=float, default=300.0, metavar="S",
@@ -63,6 +67,16 @@ def parse_args(argv):
         p.error("--capacity, --max-app-servers and --snapshot-every must be >= 1; "
                 "--spare and --idle-timeout >= 0")
     return args
+
+
+def internal_host(args):
+    """Loopback unless app servers run elsewhere (EC2), so strangers on the
+    network never reach the internal port."""
+    if args.internal_host:
+        return args.internal_host
+    if args.launcher == "ec2":
+        return "::" if ":" in args.host else "0.0.0.0"
+    return "127.0.0.1"
 
 
 def make_launcher(args, reactor, internal_address):
@@ -96,9 +110,10 @@ def main(argv=None):
     service = LoginServer(reactor, store, fleet=None, broker=args.broker, conn_idle=args.conn_idle,
                           limits=limits.from_args(args))
     try:
-        public, internal = service.listen(args.host, args.port, args.host, args.internal_port)
+        public, internal = service.listen(args.host, args.port, internal_host(args), args.internal_port)
     except OSError as e:
-        print(f"server: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        print(f"server: cannot listen on {args.host}:{args.port} (app servers: "
+              f"{internal_host(args)}:{args.internal_port}): {e.strerror}", file=sys.stderr)
         store.close()
         return 1
     launcher = make_launcher(args, reactor, internal)

@@ -50,7 +50,7 @@ class AppServer:
                  advertise=None, broker=None, conn_idle=300.0, limits=None):
         self.reactor, self.login = reactor, login
         self.limits = limits or Limits()
-        self.front = RequestServer(reactor, host, port, self._request, conn_idle)
+        self.front = RequestServer(reactor, host, port, self._request, conn_idle, limits=self.limits)
         self.address = self.front.address
         advertise = advertise if advertise is not None else self.address[0]
         self.publisher = make_publisher(reactor, broker) if broker else None

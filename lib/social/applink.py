@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 HEARTBEAT = 1.0
 MAX_LINE = 64 * 1024 * 1024   # replies such as receive-post can be large
+MAX_DEPTH = 100               # nesting `decode` accepts at most (--link-json-depth may ask less)
 CONNECT_FOR = 30.0            # seconds of connect attempts before the app server gives up
 CONNECT_RETRY = 0.2           # seconds between connect attempts
 
@@ -40,12 +41,37 @@ def encode(**msg):
     return (_ENCODE(msg) + "\n").encode("utf-8")
 
 
-def decode(raw):
-    """bytes -> dict with an "op"; ValueError if it is not one."""
+def decode(raw, max_depth=MAX_DEPTH):
+    """bytes -> dict with an "op"; ValueError if it is not one, or if it is
+    nested deeper than `max_depth`."""
+    if too_deep(raw, max_depth):
+        raise ValueError(f"nested deeper than {max_depth}")
     msg = json.loads(raw.decode("utf-8"))
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ValueError("not a link message")
     return msg
+
+
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_OPENING = frozenset(b"[{")
+
+
+def too_deep(raw, limit):
+    """Is the JSON text `raw` (bytes) nested more than `limit` deep? Checked
+    before decoding: json's decoder recurses once per level, so a line
+    nested 100,000 deep would end in a RecursionError, not a ValueError."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False     # the usual line: fewer brackets than that, in all
+    # Brackets outside strings. Escapes first (\\ then \"), so that every quote
+    # left delimits a string. Up to json's first error this is its own
+    # reading, and it recurses no further than that error.
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    level = 0
+    for byte in b"".join(text.split(b'"')[::2]).translate(None, _NOT_BRACKETS):
+        level += 1 if byte in _OPENING else -1
+        if level > limit:
+            return True
+    return False
 
 
 # -- the app server's end as a state machine ------------------------------------------

@@ -35,13 +35,15 @@ LIMITS = (
     Limit("logins_per_minute", 300, int, "N", "logins per source address per minute"),
     # -- fair password checks -------------------------------------------------------------
     Limit("hash_queue", 256, int, "N", "password checks waiting, in all"),
-    Limit("hash_per_address", 4, int, "N", "password checks in flight or waiting per source address"),
+    Limit("hash_per_address", 64, int, "N", "password checks in flight or waiting per source address"),
     # -- connections ------------------------------------------------------------------------
     Limit("max_conns_per_address", 512, int, "N", "client connections per source address"),
     Limit("first_request_timeout", 10.0, float, "S", "close a connection that sends no request in S seconds"),
     Limit("pipeline_lines", 16, int, "N", "requests taken from one connection per loop turn"),
     Limit("max_unsent", 256 * KIB, int, "BYTES",
           "stop reading a connection while this much of its output is unsent"),
+    Limit("max_output", 16 * MIB, int, "BYTES",
+          "close a client connection with this much output unsent (a peer that never reads)"),
     # -- the internal port ----------------------------------------------------------------------
     Limit("hello_line_max", 4 * KIB, int, "BYTES", "longest line before an app server's hello"),
     Limit("max_pending_links", 16, int, "N", "app-server links that have not said hello, at once"),
@@ -57,7 +59,7 @@ Limits = make_dataclass("Limits", [(limit.name, limit.kind, field(default=limit.
 # The limits an application server enforces itself (its client connections);
 # the login server passes its values on when it launches one.
 APP_SERVER = frozenset({"max_conns_per_address", "first_request_timeout", "pipeline_lines",
-                        "max_unsent"})
+                        "max_unsent", "max_output"})
 
 
 def _flag(limit):
@@ -69,9 +71,10 @@ def add_arguments(parser, only=None):
     group = parser.add_argument_group("limits (docs/limits.md: what a client sees at each)")
     for limit in LIMITS:
         if only is None or limit.name in only:
+            shown = f"{limit.default:g}" if limit.kind is float else str(limit.default)
             group.add_argument(_flag(limit), dest=limit.name, type=_positive(limit.kind),
                                default=limit.default, metavar=limit.metavar,
-                               help=f"{limit.help} (default {limit.default:g})")
+                               help=f"{limit.help} (default {shown})")
 
 
 def from_args(args):

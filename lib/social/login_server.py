@@ -13,13 +13,17 @@ import logging
 from lib.accounts import passwords
 from lib.loop.address import format_address
 from lib.loop.timers import TimerTable
+from lib.loop.listener import BurstLog
 from lib.loop.transports import LineConnection, Listener
 from lib.social import applink, commands
+from lib.social.fairness import FairScheduler
 from lib.social.limits import Limits
 from lib.social import login_core as core
 from lib.social.request_server import RequestServer, answer
 
 log = logging.getLogger("login")
+
+TICK = 1.0      # seconds between the core's Tick events (idle sessions)
 
 
 class LoginServer:
@@ -34,16 +38,34 @@ class LoginServer:
         self.core = core.LoginCore(store, dummy, broker=broker,
                                    ctx=ctx or commands.Context(self.limits))
         self.timers = TimerTable(reactor, lambda link: self._feed(core.HelloTimedOut(link)))
+        # Password checks wait here, fairly, so that no more are on the worker
+        # pool than it has threads (a flood cannot queue ahead of others there).
+        self.checks = FairScheduler(reactor.pool_size(), self.limits.hash_queue,
+                                    self.limits.hash_per_address)
+        self._ticker = None
         self.links = set()
         self._events = collections.deque()
         self._feeding = False
 
     def listen(self, host, port, internal_host, internal_port):
-        self.front = RequestServer(self.reactor, host, port, self._client_request, self.conn_idle)
+        self.front = RequestServer(self.reactor, host, port, self._client_request, self.conn_idle,
+                                   limits=self.limits)
         self.internal_listener = Listener(self.reactor, internal_host, internal_port, self._accept_link)
+        self.pending_links = set()   # links whose hello is not accepted yet
+        self.link_refusals = BurstLog(self.reactor, "internal port: over --max-pending-links; "
+                                      "closing new links at once", "internal port: %d links closed "
+                                      "for --max-pending-links")
+        self._tick()
         return self.front.address, self.internal_listener.address
 
+    def _tick(self):
+        """The core's clock for idle sessions (it has none of its own)."""
+        self._feed(core.Tick(self.reactor.clock()))
+        self._ticker = self.reactor.call_later(TICK, self._tick)
+
     def close(self):
+        if self._ticker is not None:
+            self._ticker.cancel()
         for conn in list(self.links):
             conn.close()
         self.front.close()
@@ -52,19 +74,35 @@ class LoginServer:
     # -- bytes in -> events ---------------------------------------------------------
     def _client_request(self, conn, request):
         conn.pause()   # until its Reply: one request at a time
-        self._feed(core.ClientRequest(conn, request))
+        self._feed(core.ClientRequest(conn, request, _source(conn), self.reactor.clock()))
 
     def _accept_link(self, sock, addr):
+        if len(self.pending_links) >= self.limits.max_pending_links:
+            self.link_refusals.hit()
+            sock.close()
+            return
+        # Strangers get hello_line_max bytes a line until their hello is
+        # accepted (_register); no output cap: replies to an app server may
+        # be large, and one that stops reading loses its heartbeat instead.
         conn = LineConnection(self.reactor, sock, self._link_line, on_close=self._link_closed,
-                              max_line=applink.MAX_LINE, quiet=None, peer=addr)
+                              on_overflow=LineConnection.close, max_line=self.limits.hello_line_max,
+                              quiet=None, peer=addr, max_output=None)
         self.links.add(conn)
+        self.pending_links.add(conn)
         self._feed(core.LinkOpened(conn, addr))
 
     def _link_line(self, conn, raw):
+        if applink.too_deep(raw, self.limits.link_json_depth):
+            # Malformed, as the core would find it (json's decoder would only
+            # reach a RecursionError): closed without a word, as it does.
+            log.debug("link from %s: JSON nested too deep; closing", conn.peer)
+            conn.close()
+            return
         self._feed(core.LinkLine(conn, raw))
 
     def _link_closed(self, conn):
         self.links.discard(conn)
+        self.pending_links.discard(conn)
         self._feed(core.LinkClosed(conn))
 
     def _feed(self, event):
@@ -92,24 +130,44 @@ class LoginServer:
         answer(a.conn, a.reply)
 
     def _hash(self, a):
-        done = lambda stored, error: self._feed(core.Hashed(a.conn, stored, error))
-        self.reactor.run_in_thread(passwords.hash_password, a.password, done=done)
+        event = lambda stored, error: core.Hashed(a.conn, stored, error)
+        self._check(a.conn, event, passwords.hash_password, a.password)
 
     def _verify(self, a):
-        done = lambda matched, error: self._feed(core.Verified(a.conn, bool(matched), error))
-        self.reactor.run_in_thread(passwords.verify, a.stored, a.password, done=done)
+        event = lambda matched, error: core.Verified(a.conn, bool(matched), error)
+        self._check(a.conn, event, passwords.verify, a.stored, a.password)
+
+    def _check(self, conn, event, fn, *args):
+        """A password check through the fair scheduler; `event(result, error)` when done."""
+        started, refused = self.checks.submit(_source(conn), (conn, event, fn, args))
+        for job in refused:
+            self._feed(core.CheckRefused(job[0]))
+        self._run_checks(started)
+
+    def _run_checks(self, started):
+        for key, (conn, event, fn, args) in started:
+            def done(result, error, key=key, event=event):
+                self._run_checks(self.checks.finished(key))
+                self._feed(event(result, error))
+            self.reactor.run_in_thread(fn, *args, done=done)
 
     def _assign(self, a):
         def assigned(server, error):
             address = _client_address(a.conn, server.address) if server else None
-            self._feed(core.Assigned(a.conn, address, error))
+            self._feed(core.Assigned(a.conn, address, error, server))
         self.fleet.assign(a.user, assigned)
 
     def _release(self, a):
         self.fleet.release(a.user)
 
+    def _adopt(self, a):
+        self._feed(core.Adopted(a.link, a.user, self.fleet.adopt(a.user, a.server), a.msg))
+
     def _register(self, a):
         server = self.fleet.register(a.secret, a.address, link=a.link)
+        if server is not None:   # the hello is accepted: full-size lines from now on
+            self.pending_links.discard(a.link)
+            a.link.max_line = applink.MAX_LINE
         self._feed(core.FleetRegistered(a.link, server))
 
     def _heartbeat(self, a):
@@ -134,6 +192,11 @@ class LoginServer:
         self.timers.cancel(a.link)
 
 
+def _source(conn):
+    """The client's source address (host): the key of per-address limits."""
+    return conn.peer[0] if conn.peer else None
+
+
 def _client_address(conn, address):
     host, port = address
     if host in ("", "0.0.0.0", "::"):
@@ -149,6 +212,7 @@ def _client_address(conn, address):
 _DO = {
     core.Reply: LoginServer._reply, core.Hash: LoginServer._hash, core.Verify: LoginServer._verify,
     core.FleetAssign: LoginServer._assign, core.FleetRelease: LoginServer._release,
+    core.FleetAdopt: LoginServer._adopt,
     core.FleetRegister: LoginServer._register, core.FleetHeartbeat: LoginServer._heartbeat,
     core.FleetLost: LoginServer._lost, core.SendLink: LoginServer._send_link,
     core.CloseLink: LoginServer._close_link, core.StartHelloTimer: LoginServer._start_timer,

@@ -22,7 +22,9 @@ class RobustnessTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         raise_fd_limit()   # this test process opens 2,000 sockets itself
-        cls.server = LoginServer("--conn-idle", "2").start()
+        # 2,000 connections from one address: over the default per-address cap
+        # (tests/live/test_hostile_connections.py tests the cap itself)
+        cls.server = LoginServer("--conn-idle", "2", "--max-conns-per-address", "4000").start()
         c = Conn(cls.server.port)
         c.request("register rob pw")
         cls.token = c.request("login rob pw")

@@ -42,7 +42,8 @@ def make(args, reactor, internal_address):
     listen_host, port = internal_address[0], internal_address[1]
     if listen_host.startswith("127.") and not is_unspecified(args.advertise):
         log.warning("the internal port listens on %s only: instances cannot reach %s:%d "
-                    "(start the login server on 0.0.0.0)", listen_host, args.advertise, port)
+                    "(leave out --internal-host, or give one they can reach)",
+                    listen_host, args.advertise, port)
     for name in ("botocore", "urllib3"):
         # their DEBUG output would include request bodies, user-data and its join secret
         if logging.getLogger(name).level == logging.NOTSET:
