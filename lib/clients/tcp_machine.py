@@ -4,7 +4,8 @@ One user request at a time, in input order (PROTOCOL.md §2, §5):
 
     IDLE --typed line--> WAITING_REPLY --reply--> IDLE, or WAITING_SUBSCRIPTIONS --> IDLE
     WAITING_REPLY --login server: closed, refused, timed out--> RETRYING (sent once more)
-    WAITING_REPLY --app server: the same--> RELOCATING --new server named--> RETRYING
+    WAITING_REPLY --app server: the same, or `Not your application server`--> RELOCATING
+    RELOCATING --new server named (or the refusing one, which now agrees)--> RETRYING
     RELOCATING --the dead server named again--> RELOCATE_WAIT --0.25 s--> RELOCATING
     RETRYING, RELOCATING --fail--> "Error: cannot reach the server at A" --> IDLE
     IDLE --exit, end of input--> LINGERING --linger--> DONE (at once: no subscriptions)
@@ -30,6 +31,7 @@ from lib.clients.tcp_events import (
 from lib.clients.tcp_routing import EXIT, LOGIN_SERVER, ClientCore, Step, chat_lines
 from lib.loop.address import format_address
 from lib.social import protocol
+from lib.social.login_events import WRONG_SERVER
 
 log = logging.getLogger("client")
 
@@ -93,6 +95,7 @@ class Request:
     step: Step
     dead: tuple = None            # the app server that failed it: a locate naming it again waits
     relocations: int = 0          # locates that named `dead` again
+    refused: bool = False         # an app server said the user is not its (the fleet moved them)
 
 
 @dataclass
@@ -215,6 +218,14 @@ class ClientMachine:
         ex.sent = True
         return [Send(ex.address, ex.step.wire), SetTimer(Timer.REPLY, ex.timeout)]
 
+    def _first_reply(self, step, reply):
+        """WAITING_REPLY: `Not your application server` (the fleet moved the user)
+        is a dead server that is alive: our locate tells the login server, may name it."""
+        if step.target != LOGIN_SERVER and reply.get("message") == WRONG_SERVER:
+            self.request.refused = True
+            return self._relocate()
+        return self._replied(step, reply)
+
     def _replied(self, step, reply):
         """WAITING_REPLY / RETRYING: the request's answer."""
         out = self.core.on_reply(step, reply)
@@ -237,7 +248,8 @@ class ClientMachine:
             self._goto(RELOCATE_WAIT)
             return [SetTimer(Timer.RELOCATE, RELOCATE_DELAY)]
         # silently, on the new server; a move after a failure is the retry
-        return self._exchange(RETRYING if request.dead else WAITING_REPLY, address, step)
+        moved = request.dead or request.refused
+        return self._exchange(RETRYING if moved else WAITING_REPLY, address, step)
 
     def _first_failure(self, address):
         """WAITING_REPLY failed: the login server may have closed an idle
@@ -401,7 +413,7 @@ _IN_ANY_STATE = {
     ReplyLine: M._reply_line, TimerFired: M._timer, Subscribed: M._subscribed, ChatMessage: M._chat,
 }
 # The answer to the line on the wire, and its loss, by state.
-_ON_REPLY = {WAITING_REPLY: M._replied, RETRYING: M._replied, RELOCATING: M._located}
+_ON_REPLY = {WAITING_REPLY: M._first_reply, RETRYING: M._replied, RELOCATING: M._located}
 _ON_FAILURE = {WAITING_REPLY: M._first_failure, RETRYING: M._unreachable, RELOCATING: M._unreachable}
 # Timers: per connection or subscription in any state; the others by state.
 _ON_KEYED_TIMER = {ConnectTimeout: M._connect_timeout, Drain: M._drained}

@@ -102,6 +102,19 @@ class Fleet:
         else:
             server.waiting.append((user, callback))
 
+    def adopt(self, user, server):
+        """A session that outlived the login server's restart is used on
+        `server` before any login or locate: does the user stay there? Yes
+        if it is assigned there already, or is nowhere and `server` has room."""
+        current = self.user_server.get(user)
+        if current is not None:
+            return current is server
+        if server.state is not AppState.READY or server.load >= self.capacity:
+            return False
+        self.user_server[user] = server
+        server.users.add(user)
+        return True
+
     def release(self, user):
         """The user logged out or was deleted."""
         server = self.user_server.pop(user, None)

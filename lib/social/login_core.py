@@ -13,6 +13,12 @@ issued (only digests are stored), and the hello and relay of app-server links.
 - Fleet: calls are actions (`FleetAssign`, ...) and answers events
   (`Assigned`, `FleetRegistered`): the fleet launches processes and answers
   when it likes (launch, death, tick), and tests need no fleet.
+- Limits (limits.py; policies in fairness.py): sign-ups and logins per
+  source address (`ClientRequest.peer`); a token works only on the app server
+  its user was last `Assigned` to (the fleet may move users silently: the
+  client's `locate` tells us; after a restart, `FleetAdopt`); sessions idle
+  for `session_idle` s end on a `Tick`. Time comes only with events (a relayed
+  request counts at the latest time known, at most a tick old).
 
 Each client connection and link has a state; `_TABLE` lists the legal
 (event, state) pairs, any other raises IllegalEvent.
@@ -24,11 +30,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-from lib.social import applink, commands
+from lib.social import applink, commands, protocol
 from lib.social.commands import Assign, Publish, Release
+from lib.social.fairness import IdleSessions, TokenBuckets
 from lib.social.protocol import Server, fail
 from lib.social.login_events import (  # noqa: F401  (re-exported for the driver and tests)
-    IllegalEvent, ClientEvent, ClientRequest, Hashed, Verified, Assigned, LinkEvent, LinkOpened, LinkLine, FleetRegistered, HelloTimedOut, LinkClosed, Reply, Hash, Verify, FleetAssign, FleetRelease, FleetRegister, FleetHeartbeat, FleetLost, SendLink, CloseLink, StartHelloTimer, StopHelloTimer)
+    IllegalEvent, ClientEvent, ClientRequest, Hashed, Verified, Assigned, CheckRefused, Tick, LinkEvent, LinkOpened, LinkLine, FleetRegistered, Adopted, HelloTimedOut, LinkClosed, Reply, Hash, Verify, FleetAssign, FleetAdopt, FleetRelease, FleetRegister, FleetHeartbeat, FleetLost, SendLink, CloseLink, StartHelloTimer, StopHelloTimer, TOO_MANY, WRONG_SERVER)
 
 log = logging.getLogger("login")
 
@@ -76,6 +83,12 @@ class LoginCore:
         wrong id costs the same time as a wrong password."""
         self.store, self.dummy, self.broker = store, dummy, broker
         self.ctx = ctx or commands.Context()
+        limits = self.ctx.limits
+        self.attempts = {"register": TokenBuckets(limits.signups_per_minute),
+                         "login": TokenBuckets(limits.logins_per_minute)}   # per source address
+        self.idle = IdleSessions(limits.session_idle)
+        self.assigned = {}          # user -> the fleet's handle of its app server (memory only)
+        self.now, self.started = 0.0, False   # the latest time an event brought; any yet?
         self.tokens = {}            # user -> token issued by this process (memory only)
         self.verified = {}          # user -> (stored, keyed digest of the verified password)
         self.registering = set()    # names being hashed right now
@@ -88,21 +101,66 @@ class LoginCore:
         if isinstance(event, ClientEvent):
             waiting = self.waiting.get(event.conn)
             state = waiting.phase if waiting else Phase.IDLE
-        else:
+        elif isinstance(event, LinkEvent):
             link = self.links.get(event.link)
             state = link.state if link else LinkState.UNKNOWN
+        else:
+            state = None            # the server's own events (Tick)
         handler = _TABLE.get((type(event), state))
         if handler is None:
-            raise IllegalEvent(f"{type(event).__name__} in state {state.name}")
+            raise IllegalEvent(f"{type(event).__name__} in state {getattr(state, 'name', state)}")
         return handler(self, event)
+
+    # -- time and sessions ---------------------------------------------------------------
+    def _clock(self, now):
+        if now is None:
+            return
+        if not self.started:    # sessions restored from the store count from our start
+            self.started = True
+            for name, user in self.store.state.users.items():
+                if user.session:
+                    self.idle.touch(name, now)
+        self.now = max(self.now, now)
+
+    def _active(self, words):
+        """The user of a token request, whose session it keeps alive (None: no session)."""
+        me = self.store.state.user_for_token(words[0]) if words else None
+        if me is not None:
+            self.idle.touch(me, self.now)
+        return me
+
+    def _tick(self, ev):
+        self._clock(ev.now)
+        actions = []
+        for name in self.idle.expired(self.now):
+            user = self.store.state.users.get(name)
+            if user is None or user.session is None:
+                continue
+            log.info("session of %s expired after %g s without a request", name, self.idle.limit)
+            self.store.record([("logout", name)])
+            actions += self._end_session(name)
+        return actions
+
+    def _end_session(self, user):
+        self.tokens.pop(user, None)
+        self.assigned.pop(user, None)
+        self.idle.forget(user)
+        return [FleetRelease(user)]
 
     # -- client requests -------------------------------------------------------------
     def _request(self, ev):
+        self._clock(ev.now)
         special = _TWO_PHASE.get(ev.request.name)
         if special:
-            return special(self, ev.conn, ev.request.words)
+            return special(self, ev.conn, ev.request.words, ev.peer)
+        if ev.request.command is not None:
+            self._active(ev.request.words)
         outcome = commands.handle(self.store.state, ev.request, self.ctx, Server.LOGIN)
         return self._complete(ev.conn, outcome)
+
+    def _too_many(self, kind, peer):
+        """Over the rate limit of `kind` for this source address?"""
+        return not self.attempts[kind].take(peer, self.now)
 
     def _complete(self, conn, outcome):
         """Record the outcome's mutations, then carry out its effect and reply."""
@@ -114,10 +172,9 @@ class LoginCore:
 
     def _release(self, conn, outcome):
         user = outcome.effect.user
-        self.tokens.pop(user, None)
         if outcome.effect.forget_password:
             self.verified.pop(user, None)
-        return [FleetRelease(user), Reply(conn, outcome.reply)]
+        return self._end_session(user) + [Reply(conn, outcome.reply)]
 
     def _assign(self, conn, outcome):   # locate
         user = outcome.effect.user
@@ -125,11 +182,13 @@ class LoginCore:
         return [FleetAssign(conn, user)]
 
     # -- register: usage, name, then hash off the loop ------------------------------------
-    def _register(self, conn, words):
+    def _register(self, conn, words, peer):
         reply = commands.check_register(self.store.state, words)
         name = words[0] if words else None
         if reply is None and name in self.registering:
             reply = fail(f"{name} is already used")
+        if reply is None and self._too_many("register", peer):
+            reply = fail(TOO_MANY)
         if reply is not None:
             return [Reply(conn, reply)]
         self.registering.add(name)
@@ -145,8 +204,10 @@ class LoginCore:
         return self._complete(ev.conn, commands.finish_register(self.store.state, name, ev.stored))
 
     # -- login: usage, password (cached or verified off the loop), then a server --------------
-    def _login(self, conn, words):
+    def _login(self, conn, words, peer):
         reply, stored = commands.check_login(self.store.state, words)
+        if reply is None and self._too_many("login", peer):
+            reply = fail(TOO_MANY)   # cached or not: each login may take an app-server slot
         if reply is not None:
             return [Reply(conn, reply)]
         name, password = words
@@ -166,6 +227,12 @@ class LoginCore:
             return [Reply(ev.conn, fail(NO_USER))]
         return self._login_verified(ev.conn, w.name, w.password, w.stored)
 
+    def _check_refused(self, ev):
+        w = self.waiting.pop(ev.conn)
+        if w.phase is Phase.HASHING:
+            self.registering.discard(w.name)
+        return [Reply(ev.conn, fail(TOO_MANY))]
+
     def _login_verified(self, conn, name, password, stored):
         # Repeated logins skip scrypt: remember a keyed digest, in memory only.
         self.verified[name] = (stored, self._digest(password))
@@ -184,6 +251,9 @@ class LoginCore:
                 actions.append(FleetRelease(w.name))
         if reply["status"] == 0:
             reply["app_server"], reply["broker"] = ev.app_server, self.broker
+            # From now on the user's token works there only (see _relay).
+            self.assigned[w.name] = ev.server
+            self.idle.touch(w.name, self.now)
         actions.append(Reply(ev.conn, reply))
         return actions
 
@@ -252,12 +322,44 @@ class LoginCore:
 
     def _relay(self, link, msg):
         """One client request from an app server: the reply, and what to publish."""
-        outcome = commands.handle_relayed(self.store.state, _line(msg), self.ctx)
+        line = _line(msg)
+        me = self._app_user(line)
+        server = self.links[link].server
+        if me is not None and me not in self.assigned:
+            # A session restored after our restart, used before any locate:
+            # it stays on this server if the fleet has room for it there.
+            return [FleetAdopt(link, server, me, msg)]
+        if me is not None and self.assigned[me] != server:
+            return self._answer(link, msg, commands.Outcome(fail(WRONG_SERVER)))
+        return self._answer(link, msg, commands.handle_relayed(self.store.state, line, self.ctx))
+
+    def _adopted(self, ev):
+        if not ev.ok:
+            return self._answer(ev.link, ev.msg, commands.Outcome(fail(WRONG_SERVER)))
+        self.assigned[ev.user] = self.links[ev.link].server
+        return self._relay(ev.link, ev.msg)
+
+    def _answer(self, link, msg, outcome):
         self.store.record(outcome.mutations)
         e = outcome.effect   # send, send-group: the app server publishes, then replies
         publish = [e.destination, e.body, e.persistent] if isinstance(e, Publish) else None
         return [SendLink(link, {"op": "reply", "id": msg.get("id"), "reply": outcome.reply,
                                 "publish": publish})]
+
+    def _app_user(self, line):
+        """The user of a request that passes the token, usage and which-server
+        checks (docs/protocol.md §3): its token must be used on the user's app
+        server. Any valid token keeps its session active."""
+        try:
+            request = protocol.decode_line(line.encode("utf-8")) if line is not None else None
+        except ValueError:
+            return None
+        command = request.command if request else None
+        if command is None or not command.token:
+            return None
+        me = self._active(request.words)
+        return me if command.server is Server.APP and protocol.arity_ok(command, request.words[1:]) \
+            else None
 
     def _nothing(self, *_):
         return []
@@ -294,11 +396,16 @@ _TABLE = {
     (Hashed, Phase.HASHING): LoginCore._hashed,
     (Verified, Phase.VERIFYING): LoginCore._verified,
     (Assigned, Phase.ASSIGNING): LoginCore._assigned,
+    (CheckRefused, Phase.HASHING): LoginCore._check_refused,
+    (CheckRefused, Phase.VERIFYING): LoginCore._check_refused,
+    (Tick, None): LoginCore._tick,
     (LinkOpened, LinkState.UNKNOWN): LoginCore._link_opened,
     (LinkLine, LinkState.HELLO): LoginCore._hello,
     (LinkLine, LinkState.READY): LoginCore._link_line,
     (LinkLine, LinkState.CLOSING): LoginCore._nothing,   # a rejected link, before its close
     (FleetRegistered, LinkState.CHECKING): LoginCore._registered,
+    (Adopted, LinkState.READY): LoginCore._adopted,
+    (Adopted, LinkState.CLOSING): LoginCore._nothing,
     (HelloTimedOut, LinkState.HELLO): LoginCore._hello_timed_out,
     **{(LinkClosed, s): LoginCore._link_closed for s in LinkState if s is not LinkState.UNKNOWN},
 }

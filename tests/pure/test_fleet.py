@@ -197,6 +197,32 @@ class AssignmentTest(FleetTestCase):
         self.assertEqual(self.answers.of("bob"), [("app-1", None)])
 
 
+class AdoptTest(FleetTestCase):
+    """After the login server's restart, a restored session used on a server
+    before any locate (lib/social/login_core.py asks: may it stay there?)."""
+
+    def test_a_user_nowhere_stays_on_a_ready_server_with_room(self):
+        self.make(capacity=2)
+        self.login("ann")
+        server = self.ready("app-1")
+        self.assertTrue(self.fleet.adopt("old", server))
+        self.assertEqual((self.server_of("old"), server.users), ("app-1", {"ann", "old"}))
+        self.assertFalse(self.fleet.adopt("older", server))          # full
+        self.assertIsNone(self.server_of("older"))
+        self.fleet.release("old")                                     # counted like any other
+        self.assertEqual(server.users, {"ann"})
+
+    def test_a_user_placed_elsewhere_or_a_server_not_ready_says_no(self):
+        self.make(capacity=1)
+        self.login("ann", "bob")
+        one = self.ready("app-1")
+        self.assertTrue(self.fleet.adopt("ann", one))                 # there already
+        self.assertFalse(self.fleet.adopt("bob", one))                # bob waits for app-2
+        two = self.fleet.servers["app-2"]
+        self.assertFalse(self.fleet.adopt("cat", two))                # still launching
+        self.assertIsNone(self.server_of("cat"))
+
+
 class SecretTest(FleetTestCase):
     def test_a_secret_works_once(self):
         self.make()

@@ -71,7 +71,7 @@ class LinkPair:
         self.login.handle(login.Hashed("front", f"H({hash_.password})"))
         [verify] = self.login.handle(login.ClientRequest("front", request(f"login {name} {password}")))
         [assign] = self.login.handle(login.Verified("front", verify.stored == f"H({password})"))
-        [reply] = self.login.handle(login.Assigned("front", "127.0.0.1:9001"))
+        [reply] = self.login.handle(login.Assigned("front", "127.0.0.1:9001", server=SERVER))
         return reply.reply["token"]
 
     def ask_app(self, conn, text):

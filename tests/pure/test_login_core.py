@@ -15,6 +15,7 @@ from tests.pure.test_social import FixedContext
 DUMMY = "scrypt$dummy"
 BROKER = "mq:61613"
 APP = "10.0.0.5:7001"
+SERVER = "server-1"     # the fleet's handle of the app server at APP (its link: "L")
 NO_USER = {"status": 1, "message": "No such user or password error"}
 
 
@@ -50,13 +51,13 @@ class CoreTest(unittest.TestCase):
         self.assertEqual(self.ask(conn, f"register {name} {password}"), [Hash(conn, password)])
         return self.core.handle(Hashed(conn, f"H({password})"))
 
-    def login(self, name, password="pw", conn="c"):
-        """Through verification (or the cache) and the fleet: the reply."""
+    def login(self, name, password="pw", conn="c", server=SERVER):
+        """Through verification (or the cache) and the fleet (to `server`): the reply."""
         actions = self.ask(conn, f"login {name} {password}")
         if actions and isinstance(actions[0], Verify):
             actions = self.core.handle(Verified(conn, actions[0].stored == f"H({password})"))
         self.assertEqual(actions, [FleetAssign(conn, name)])
-        [reply] = self.core.handle(Assigned(conn, APP))
+        [reply] = self.core.handle(Assigned(conn, APP, server=server))
         return reply.reply
 
 

@@ -265,6 +265,61 @@ class Relocation(unittest.TestCase):
             self.w.feed(TimerFired(Timer.RELOCATE))
 
 
+class WrongServer(unittest.TestCase):
+    """An app server that answers `Not your application server` (the fleet
+    moved the user without the login server knowing): locate, send again,
+    print nothing; a second refusal is printed."""
+
+    def setUp(self):
+        self.w = World()
+        self.w.login()
+        self.w.type("list-friend alice")
+        self.w.open_app()
+        self.assertEqual(self.w.sent(), [(APP, "list-friend T1")])
+
+    def refuse(self, address=APP):
+        self.w.reply(address, {"status": 1, "message": "Not your application server"})
+
+    def test_relocates_and_resends_silently(self):
+        w = self.w
+        self.refuse()
+        self.assertEqual((w.m.state, w.sent(), w.printed()), (RELOCATING, [(LOGIN, "locate T1")], []))
+        w.reply(LOGIN, {"status": 0, "message": "Your application server is ready",
+                        "app_server": "127.0.0.1:9002"})
+        self.assertEqual((w.m.state, w.take()), (RETRYING, [Connect(APP2)]))
+        w.feed(Connected(APP2))
+        self.assertEqual(w.sent(), [(APP2, "list-friend T1")])
+        w.reply(APP2, {"status": 0, "friend": ["bob"]})
+        self.assertEqual((w.m.state, w.printed()), (IDLE, ["bob"]))
+
+    def test_locate_may_name_the_refusing_server_it_now_agrees_with(self):
+        w = self.w
+        self.refuse()
+        w.sent()
+        w.reply(LOGIN, {"status": 0, "message": "Your application server is ready",
+                        "app_server": "127.0.0.1:9001"})
+        self.assertEqual((w.m.state, w.sent()), (RETRYING, [(APP, "list-friend T1")]))   # no wait
+        w.reply(APP, {"status": 0, "friend": []})
+        self.assertEqual((w.m.state, w.printed()), (IDLE, ["No friends"]))
+
+    def test_a_second_refusal_is_printed_not_chased(self):
+        w = self.w
+        self.refuse()
+        w.reply(LOGIN, {"status": 0, "message": "Your application server is ready",
+                        "app_server": "127.0.0.1:9001"})
+        w.sent()
+        self.refuse()
+        self.assertEqual((w.m.state, w.printed(), w.sent()), (IDLE, ["Not your application server"], []))
+
+    def test_from_the_login_server_it_is_just_a_reply(self):
+        w = self.w
+        w.reply(APP, {"status": 0, "friend": []})
+        w.type("register bob pw")
+        self.assertEqual(w.sent(), [(LOGIN, "register bob pw")])
+        w.reply(LOGIN, {"status": 1, "message": "Not your application server"})
+        self.assertEqual((w.m.state, w.printed()), (IDLE, ["No friends", "Not your application server"]))
+
+
 class Table(unittest.TestCase):
     def test_illegal_transitions_raise(self):
         m = ClientMachine(LOGIN)
