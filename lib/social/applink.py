@@ -88,6 +88,7 @@ class RemoteError(LinkError):
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__   # members are singletons; Enum's own hash is Python code, hot in tables
     CONNECTING = "CONNECTING"     # no connection yet (attempts retried until CONNECT_FOR)
     HELLO_SENT = "HELLO_SENT"     # connected, waiting for welcome/rejected
     READY = "READY"               # welcomed: requests may be relayed
@@ -96,6 +97,7 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__   # members are singletons; Enum's own hash is Python code, hot in tables
     START = "start"               # local: the first connect attempt begins
     CONNECT_FAILED = "connect failed"
     GIVE_UP = "give up"

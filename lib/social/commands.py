@@ -64,7 +64,10 @@ class State:
         self.sessions = {}    # token digest -> Session
 
     def user_for_token(self, token):
-        session = self.sessions.get(token_digest(token)) if token else None
+        if not token:
+            return None
+        # token_digest, inline: this runs on every token request
+        session = self.sessions.get(hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest())
         return session.user if session else None
 
 
@@ -377,7 +380,10 @@ def handle_relayed(state, line, ctx):
     return handle(state, request, ctx, Server.APP)
 
 
-def handle(state, request, ctx, served_by):
+_LOOK_UP = object()   # handle(me=...): the token's user is not looked up yet
+
+
+def handle(state, request, ctx, served_by, me=_LOOK_UP):
     """Every token command, in the priority order of docs/protocol.md §3:
     unknown command, token, argument count, wrong server, own checks, then
     quotas (lib/social/quotas.py: a refusal drops the mutations and effect).
@@ -388,7 +394,8 @@ def handle(state, request, ctx, served_by):
     if not command.token:
         raise ValueError(f"{request.name} is a two-phase command")
     words = request.words
-    me = state.user_for_token(words[0]) if words else None
+    if me is _LOOK_UP:   # (the login core has looked it up already: a sha256 saved)
+        me = state.user_for_token(words[0]) if words else None
     if me is None:
         return Outcome(fail(NOT_LOGIN))
     args = words[1:]

@@ -46,6 +46,7 @@ NO_USER = "No such user or password error"
 # -- states ------------------------------------------------------------------------
 class Phase(enum.Enum):
     """Of a client connection; the driver reads one request at a time."""
+    __hash__ = object.__hash__   # members are singletons; Enum's own hash is Python code, hot in tables
     IDLE = "idle"
     HASHING = "hashing"         # register: waiting for Hashed
     VERIFYING = "verifying"     # login: waiting for Verified
@@ -53,6 +54,7 @@ class Phase(enum.Enum):
 
 
 class LinkState(enum.Enum):
+    __hash__ = object.__hash__   # members are singletons; Enum's own hash is Python code, hot in tables
     UNKNOWN = "unknown"         # not opened, or closed
     HELLO = "hello"             # opened; must say hello within HELLO_TIMEOUT
     CHECKING = "checking"       # hello sent to the fleet
@@ -149,13 +151,16 @@ class LoginCore:
 
     # -- client requests -------------------------------------------------------------
     def _request(self, ev):
-        self._clock(ev.now)
+        if self.started and ev.now is not None:   # _clock's common case, inline: every request
+            if ev.now > self.now:
+                self.now = ev.now
+        else:
+            self._clock(ev.now)
         special = _TWO_PHASE.get(ev.request.name)
         if special:
             return special(self, ev.conn, ev.request.words, ev.peer)
-        if ev.request.command is not None:
-            self._active(ev.request.words)
-        outcome = commands.handle(self.store.state, ev.request, self.ctx, Server.LOGIN)
+        me = self._active(ev.request.words) if ev.request.command is not None else None
+        outcome = commands.handle(self.store.state, ev.request, self.ctx, Server.LOGIN, me=me)
         return self._complete(ev.conn, outcome)
 
     def _too_many(self, kind, peer):
@@ -164,7 +169,10 @@ class LoginCore:
 
     def _complete(self, conn, outcome):
         """Record the outcome's mutations, then carry out its effect and reply."""
-        self.store.record(outcome.mutations)
+        if outcome.mutations:
+            self.store.record(outcome.mutations)
+        if outcome.effect is None:      # most requests: a reply, nothing else
+            return [Reply(conn, outcome.reply)]
         return _ON_EFFECT[type(outcome.effect)](self, conn, outcome)
 
     def _just_reply(self, conn, outcome):

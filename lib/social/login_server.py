@@ -15,11 +15,11 @@ from lib.loop.address import format_address
 from lib.loop.timers import TimerTable
 from lib.loop.listener import BurstLog
 from lib.loop.transports import LineConnection, Listener
-from lib.social import applink, commands
+from lib.social import applink, commands, protocol
 from lib.social.fairness import FairScheduler
 from lib.social.limits import Limits
 from lib.social import login_core as core
-from lib.social.request_server import RequestServer, answer
+from lib.social.request_server import RequestServer
 
 log = logging.getLogger("login")
 
@@ -74,7 +74,8 @@ class LoginServer:
     # -- bytes in -> events ---------------------------------------------------------
     def _client_request(self, conn, request):
         conn.pause()   # until its Reply: one request at a time
-        self._feed(core.ClientRequest(conn, request, _source(conn), self.reactor.clock()))
+        peer = conn.peer[0] if conn.peer else None   # the key of per-address limits
+        self._feed(core.ClientRequest(conn, request, peer, self.reactor.clock()))
 
     def _accept_link(self, sock, addr):
         if len(self.pending_links) >= self.limits.max_pending_links:
@@ -127,7 +128,8 @@ class LoginServer:
 
     # -- actions ---------------------------------------------------------------------
     def _reply(self, a):
-        answer(a.conn, a.reply)
+        a.conn.send(protocol.encode(a.reply))   # request_server.answer, inline: every request
+        a.conn.resume()
 
     def _hash(self, a):
         event = lambda stored, error: core.Hashed(a.conn, stored, error)

@@ -63,15 +63,24 @@ COMMANDS = {c.name: c for c in (
 )}
 
 
-@dataclass(frozen=True)
 class Request:
-    """A parsed request line: command word, then the remaining words."""
-    name: str
-    words: tuple
+    """A parsed request line: command word, then the remaining words;
+    `command` is the table's entry for the word (None: unknown), looked up
+    once. A plain slotted class: one is made per request (a frozen
+    dataclass costs several times more to build)."""
+    __slots__ = ("name", "words", "command")
 
-    @property
-    def command(self):
-        return COMMANDS.get(self.name)
+    def __init__(self, name, words):
+        self.name, self.words, self.command = name, words, COMMANDS.get(name)
+
+    def __eq__(self, other):
+        return isinstance(other, Request) and (self.name, self.words) == (other.name, other.words)
+
+    def __hash__(self):
+        return hash((self.name, self.words))
+
+    def __repr__(self):
+        return f"Request(name={self.name!r}, words={self.words!r})"
 
 
 def decode_line(raw):
@@ -80,7 +89,9 @@ def decode_line(raw):
     name typed decomposed finds the account (ASCII is left as it is)."""
     if len(raw) > MAX_REQUEST:
         raise ValueError("too long")
-    text = names.normalize(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
+    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if not text.isascii():      # the common case skips a call
+        text = names.normalize(text)
     words = text.split()
     if not words:
         return None
@@ -106,6 +117,8 @@ def ok(message=SUCCESS, **fields):
 
 
 def fail(message, **fields):
+    if not fields:      # nearly every refusal: built directly, it is made per request
+        return {"status": 1, "message": message}
     return reply(1, message, **fields)
 
 

@@ -255,6 +255,8 @@ class Store:
     def commit(self):
         """Write and fsync this turn's mutations: users.txt, then the journal.
         Raises StoreFailure (now and ever after) if the disk refuses."""
+        if not (self._journal_buf or self._users_buf or self._users_rewrite or self.failed):
+            return      # most turns: nothing to write (checked inline: it runs every turn)
         self._write_pending()
         if self.journal_bytes > self.snapshot_every and self._child is None:
             self._start_snapshot()
