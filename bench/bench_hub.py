@@ -210,6 +210,36 @@ def run():
     return data
 
 
-if __name__ == "__main__":   # python -m bench.bench_hub
+def compare(other, label="other"):
+    """This tree's hub against `other`'s (e.g. a worktree of the commit
+    before a change), the same load in alternating rounds of one run: the
+    machine's noise hits both alike. Prints and saves rps, p50, p99, CPU."""
+    hubs = {label: Hub(CLIENTS, root=other), "this": Hub(CLIENTS)}
+    rows = []
+    try:
+        for h in hubs.values():
+            h.start()
+        res = alternate([(name, lambda h=h: hub_loop(h)) for name, h in hubs.items()])
+        for name, r in res.items():
+            rows.append({"tree": name, "per s": r["rps"], "this/other": round(res["this"]["rps"] / r["rps"], 3),
+                         "p50 ms": r["p50_ms"], "p99 ms": r["p99_ms"], "cpu us/msg": r.get("cpu_us_per_req"),
+                         "lost": r["errors"], "rounds per s": r["rps_all"]})
+    finally:
+        for h in hubs.values():
+            h.stop()
+    table(f"UDP hub forwards + receipts, {CLIENTS} clients: this tree vs {other} "
+          f"(medians of {CFG.rounds} alternating rounds)",
+          ["tree", "per s", "this/other", "p50 ms", "p99 ms", "cpu us/msg", "lost", "rounds per s"], rows)
+    save(NAME + "-compare", {"other": other, "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":   # python -m bench.bench_hub [--against TREE [--rounds N]]
+    import argparse
     import sys
-    sys.exit(print(run()))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", metavar="TREE", help="compare with the hub of another checkout")
+    ap.add_argument("--rounds", type=int, default=CFG.rounds)
+    args = ap.parse_args()
+    CFG.rounds = args.rounds
+    sys.exit(print(compare(os.path.abspath(args.against)) if args.against else run()))

@@ -4,6 +4,7 @@
     ./bench/run                 all benchmarks (about 13 minutes on 2 cores)
     ./bench/run --quick         shorter windows, one round (a smoke run, ~4 min)
     ./bench/run --only login,hub
+    ./bench/run --only hub_attack   the owner's login during a login flood (bench_hub_attack.py)
     ./bench/run --only snapshot   snapshots vs the tree before (needs a checkout of 93d1b28 at
                                   /tmp/np-before or $NP_BENCH_SNAPSHOT_BEFORE; see bench_snapshot.py)
 
@@ -25,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from bench import common  # noqa: E402
 
-ORDER = ("login", "app", "durability", "broker", "hub", "scale", "scaleout", "snapshot")
+ORDER = ("login", "app", "durability", "broker", "hub", "hub_attack", "scale", "scaleout", "snapshot")
 
 
 def main(argv):

@@ -1,9 +1,11 @@
 """UDP hub client: its state machine and the reactor driver around it.
 
 `Client` is bring-your-own-I/O: typed lines, received datagrams, timer
-expiries and end of input go in; `Send` (to the server), `Print`,
-`SetTimer`/`CancelTimer` actions come out. `main()` wires it to stdin, one UDP
-socket and lib/loop/reactor.py. Run as `./client --udp HOST PORT [--stay]`.
+expiries, "port unreachable" and end of input go in; `Send` (to the
+server), `Print`, `SetTimer`/`CancelTimer` actions come out. `main()` wires
+it to stdin, one UDP socket and lib/loop/reactor.py. Run as
+`./client --udp HOST PORT [--stay] [--timeout S] [--retries N]`; the exit
+status says whether every request was answered (`--help`).
 It shares the datagram codec (lib/hub/wire.py) and the action types
 (lib/hub/actions.py) with the hub, and nothing of the hub's server side.
 """
@@ -29,6 +31,9 @@ TIMEOUT = 2.0        # seconds to wait for the server's answer
 RETRIES = 3          # resends before giving up
 SEEN_MAX = 4096      # forwarded MSGIDs remembered for duplicate suppression
 ERR_NO_RESPONSE = "Error: no response from server"
+ERR_REFUSED = "Error: no server at that address (port unreachable)"
+# Exit statuses (also in `--help` and docs/udp-hub.md).
+EXIT_OK, EXIT_OUTPUT, EXIT_ADDRESS, EXIT_NO_RESPONSE, EXIT_REFUSED = 0, 1, 2, 3, 4
 USAGE_HINT = "Error: type A->server#login<PASSWORD>, A->B#TEXT or A->server#logoff"
 
 
@@ -95,6 +100,7 @@ class Client:
         self.queue = collections.deque()   # lines typed while waiting
         self.seen = collections.OrderedDict()  # forwarded MSGIDs already shown
         self.eof = False
+        self.status = EXIT_OK   # EXIT_NO_RESPONSE / EXIT_REFUSED once a request went unanswered
 
     @property
     def done(self):
@@ -135,11 +141,14 @@ class Client:
         if self.request.sends <= self.retries:
             self.request.sends += 1
             return [Send(self.request.text), SetTimer(RETRY_KEY, self.timeout)]
-        self.request = None
-        self.state = FALLBACK[self.state]
-        if self.state is OFFLINE:
-            self.token = None
-        return [Print(ERR_NO_RESPONSE)] + self._drain()
+        return self._unanswered(ERR_NO_RESPONSE, EXIT_NO_RESPONSE)
+
+    def refused(self):
+        """The hub's port is unreachable (ICMP; ConnectionRefused on the
+        socket): the request in flight fails now instead of after every resend."""
+        if self.state not in WAITING:
+            return [Print(ERR_REFUSED)]   # e.g. a receipt bounced: the hub is gone
+        return [CancelTimer(RETRY_KEY)] + self._unanswered(ERR_REFUSED, EXIT_REFUSED)
 
     def end_of_input(self):
         """stdin is exhausted: finish the queue, then `done` turns true."""
@@ -229,6 +238,16 @@ class Client:
             self.token = None
         return [CancelTimer(RETRY_KEY)] + self._drain()
 
+    def _unanswered(self, error, status):
+        """The request in flight gets no answer: fall back (LOGIN_SENT -> OFFLINE,
+        MESSAGE_SENT -> ONLINE, LOGOUT_SENT -> OFFLINE) and go on with the queue."""
+        self.request = None
+        self.state = FALLBACK[self.state]
+        if self.state is OFFLINE:
+            self.token = None
+        self.status = max(self.status, status)
+        return [Print(error)] + self._drain()
+
     def _drain(self):
         """Back in OFFLINE/ONLINE: run queued lines until one is a request."""
         actions = []
@@ -261,7 +280,7 @@ class _Driver:
     def __init__(self, reactor, sock, client):
         self.reactor, self.sock, self.client = reactor, sock, client
         self.timers = TimerTable(reactor, self._fire)
-        self.status = 0
+        self.output_lost = False
         reactor.add_reader(sock, self._on_datagram)
         LineReader(reactor, 0, self._typed, self._end_of_input)
 
@@ -277,8 +296,12 @@ class _Driver:
                 data = self.sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                continue  # ICMP "port unreachable" from an earlier send: the timer copes
+            except ConnectionRefusedError:   # ICMP "port unreachable" for an earlier send
+                self._apply(self.client.refused())
+                continue
+            except OSError as e:
+                log.debug("recv failed: %s", e)  # other ICMP errors: the retry timer copes
+                continue
             self._apply(self.client.received(data))
 
     def _fire(self, key):
@@ -290,9 +313,15 @@ class _Driver:
         if self.client.done:
             self.reactor.stop()
 
+    @property
+    def status(self):
+        return EXIT_OUTPUT if self.output_lost else self.client.status
+
     def _send(self, action):
         try:
             self.sock.send(action.text.encode("utf-8"))
+        except ConnectionRefusedError:   # reported late, for an earlier datagram
+            self.reactor.call_soon(lambda: self._apply(self.client.refused()))
         except OSError as e:
             log.debug("send failed: %s", e)  # UDP: the retry timer covers it
 
@@ -301,7 +330,7 @@ class _Driver:
             sys.stdout.write(action.line + "\n")
             sys.stdout.flush()
         except (BrokenPipeError, ValueError):
-            self.status = 1
+            self.output_lost = True
             self.reactor.stop()
 
 
@@ -311,18 +340,41 @@ _DO = {Send: _Driver._send, Print: _Driver._print,
 
 def _parser():
     ap = argparse.ArgumentParser(
-        prog="client --udp",
-        description="UDP hub client. Type A->server#login<PASSWORD>, A->B#TEXT "
-                    "or A->server#logoff; every datagram from the hub is printed.")
+        prog="client --udp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="UDP hub client. Type A->server#login<PASSWORD>, A->B#TEXT or\n"
+                    "A->server#logoff; every datagram from the hub is printed.",
+        epilog=f"""exit status:
+  {EXIT_OK}  every request was answered
+  {EXIT_OUTPUT}  stdout was closed
+  {EXIT_ADDRESS}  the hub's address cannot be used
+  {EXIT_NO_RESPONSE}  a request got no answer after every resend
+     (printed: {ERR_NO_RESPONSE})
+  {EXIT_REFUSED}  the hub's port was unreachable: nothing listens there
+     (printed at once: {ERR_REFUSED})""")
     ap.add_argument("host", help="hub address, e.g. 127.0.0.1")
     ap.add_argument("port", type=int, help="hub UDP port")
     ap.add_argument("--stay", action="store_true",
                     help="keep receiving after the end of input (until Ctrl-C)")
+    ap.add_argument("--timeout", type=_seconds, default=TIMEOUT, metavar="S",
+                    help=f"seconds to wait for an answer before resending (default {TIMEOUT:g})")
+    ap.add_argument("--retries", type=int, default=RETRIES, metavar="N",
+                    help=f"resends before giving up on a request (default {RETRIES})")
     return ap
 
 
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
 def main(argv: list[str]) -> int:
-    """`client --udp HOST PORT [--stay]`; argv is what follows `--udp`."""
+    """`client --udp HOST PORT [--stay] [--timeout S] [--retries N]`; argv is
+    what follows `--udp`. Returns the exit status (EXIT_*)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="udp_client %(levelname)s %(message)s")
@@ -334,11 +386,12 @@ def main(argv: list[str]) -> int:
         sock.connect(addr)
     except OSError as e:
         print(f"Error: cannot reach {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ADDRESS
     sock.setblocking(False)
     ip, port = sock.getsockname()[:2]
     reactor = Reactor()
-    driver = _Driver(reactor, sock, Client(ip, port, stay=args.stay))
+    client = Client(ip, port, timeout=args.timeout, retries=max(0, args.retries), stay=args.stay)
+    driver = _Driver(reactor, sock, client)
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
     reactor.run()

@@ -34,9 +34,11 @@ def load_accounts(text, source):
 class HubServer:
     """Carries out a Hub's actions on one UDP socket and the reactor's timers."""
 
-    def __init__(self, reactor, host, port, users_path, expiry):
+    def __init__(self, reactor, host, port, users_path, expiry, limits=None):
+        """`reactor`'s worker pool should have `limits.check_threads` threads:
+        the hub asks for that many password checks at once."""
         self.reactor, self.users_path = reactor, users_path
-        self.hub = hub.Hub(expiry=expiry)
+        self.hub = hub.Hub(expiry=expiry, limits=limits)
         self.timers = TimerTable(reactor, self._fire)
         self._users_sig = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

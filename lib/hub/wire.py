@@ -154,13 +154,14 @@ _HEAD = re.compile(rf"(?P<src>{_ID}?)->(?P<dst>{_ID})#(?P<body>.*)\Z", re.S)
 _TOK = r"<(?P<token>[^<>\s]{1,32})>"
 _TOK_ID = _TOK + r"<(?P<msgid>\d{10})>"
 
-_TO_SERVER = (   # (body pattern, constructor) for `A->server#...`
+_TO_SERVER = (   # (body pattern, constructor) for `A->server#...`; the forms start
+    # differently (`<`, `login<`, `logoff<`), so the order is only speed: receipts are the most
+    (re.compile(_TOK_ID + re.escape(SUCCESS) + r"(?P<body>.*)\Z", re.S),
+     lambda h, m: Receipt(h["src"], m["token"], m["msgid"], m["body"])),
     (re.compile(r"login<(?P<password>.*)><(?P<ip>[^<>\s]{1,45})><(?P<port>\d{1,5})>\Z", re.S),
      lambda h, m: Login(h["src"], m["password"], m["ip"], int(m["port"]))),
     (re.compile(r"logoff" + _TOK + r"\Z"),
      lambda h, m: Logoff(h["src"], m["token"])),
-    (re.compile(_TOK_ID + re.escape(SUCCESS) + r"(?P<body>.*)\Z", re.S),
-     lambda h, m: Receipt(h["src"], m["token"], m["msgid"], m["body"])),
 )
 _FROM_SERVER = (  # for `server->A#...`
     (re.compile(r"Success" + _TOK + r"\Z"), lambda h, m: TokenAck(h["dst"], m["token"])),

@@ -61,6 +61,8 @@ class UDP:
 
 class HubTestCase(unittest.TestCase):
     expiry = 30
+    hub_args = ()          # more flags for udp_hub.py
+    more_accounts = {}     # more `ID PASSWORD` lines
 
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -69,14 +71,15 @@ class HubTestCase(unittest.TestCase):
         with open(self.users, "w") as f:
             f.write("# test accounts\nalice alice123\nbob bob123\ncarol carol123\n\n")
             f.write(f"dave {passwords.hash_password('dave123')}\n")
+            f.writelines(f"{who} {password}\n" for who, password in self.more_accounts.items())
         self.sockets = []
         self.hub, self.port = self.start_hub(self.expiry)
 
     def start_hub(self, expiry):
         log = open(os.path.join(self.tmp.name, f"hub-{expiry}.log"), "w+")
         self.addCleanup(log.close)
-        proc = subprocess.Popen([PY, os.path.join(ROOT, "udp_hub.py"), HOST, "0",
-                                 "--users", self.users, "--expiry", str(expiry), "-v"],
+        proc = subprocess.Popen([PY, os.path.join(ROOT, "udp_hub.py"), HOST, "0", "--users", self.users,
+                                 "--expiry", str(expiry), "-v", *self.hub_args],
                                 stdout=subprocess.DEVNULL, stderr=log, cwd=self.tmp.name)
         self.addCleanup(self.stop_hub, proc, log)
 
@@ -135,16 +138,16 @@ class LoginTest(HubTestCase):
         self.assertEqual(a.recv(), "server->dave#Error: password does not match!")
         self.assertRegex(a.login("dave"), rf"\A{TOKEN_RE}\Z")
 
-    def test_login_claiming_another_ip_is_rejected(self):
+    def test_login_claiming_another_ip_is_answered_at_its_source(self):
+        # As from behind NAT: the claimed IP:PORT is not the source's, so the
+        # answer goes to the source (which the hub remembers), never to the claim.
         victim = self.udp(ip="127.0.0.2")
         a = self.udp()
         a.send(f"alice->server#login<alice123><{victim.ip}><{victim.port}>")
-        self.assertEqual(a.recv(), "server->alice#Error: password does not match!")
+        token = re.fullmatch(rf"server->alice#Success<({TOKEN_RE})>", a.recv())[1]
+        a.send(f"alice->carol#<{token}><0000000001>hi")
+        self.assertEqual(a.recv(), f"server->alice#<{token}><0000000001>Error: destination offline!")
         self.assertTrue(victim.nothing(0.3))  # no reflection to the claimed address
-        b = self.udp()
-        b.login("bob")
-        b.send(f"bob->alice#<{b.token}><0000000001>hi")
-        self.assertEqual(b.recv(), f"server->bob#<{b.token}><0000000001>Error: destination offline!")
 
     def test_accounts_file_reloaded(self):
         with open(self.users, "a") as f:
@@ -178,6 +181,9 @@ class MessageTest(HubTestCase):
 
     def test_forward_resent_until_receipt(self):
         a, b = self.a, self.b
+        # bob uses his token first: an address that has not shown it receives gets no resends
+        b.send(f"bob->carol#<{b.token}><1111111111>hello?")
+        self.assertIn("destination offline!", b.recv())
         a.send(f"alice->bob#<{a.token}><2222222222>are you there")
         a.recv()
         forward = f"alice->bob#<{b.token}><2222222222>are you there"
@@ -311,13 +317,13 @@ class ClientProcessTest(HubTestCase):
                     return re.findall(r"receipt (\d{10}) from bob", f.read())
             sent = []
             for msgid in ("1111111111", "1111111111", "2222222222"):
-                # The hub forwards a MSGID again once its receipt is in: a duplicate at bob.
+                # The second 1111111111 is a replay: answered again, not forwarded again.
                 a.send(f"alice->bob#<{a.token}><{msgid}>copy {msgid}")
-                self.assertIn("Success", a.recv())
-                sent.append(msgid)
-                # bob's client has answered this copy (the hub logs each receipt)
-                # before the next one goes: a copy sent while one is still
-                # unanswered would not be forwarded again
+                self.assertEqual(a.recv(), f"server->alice#<{a.token}><{msgid}>Success: copy {msgid}")
+                if msgid not in sent:
+                    sent.append(msgid)
+                # bob's client has answered this forward (the hub logs each
+                # receipt) before the next datagram goes
                 self.assertTrue(wait_for(lambda: receipts() == sent, 5), receipts())
             self.assertIsNone(proc.poll())
         finally:
@@ -333,13 +339,63 @@ class ClientProcessTest(HubTestCase):
                           "alice->bob#<T><2222222222>copy 2222222222"])
         with open(os.path.join(self.tmp.name, f"hub-{self.expiry}.log")) as f:
             receipts = re.findall(r"receipt (\d{10}) from bob", f.read())
-        self.assertEqual(receipts, ["1111111111", "1111111111", "2222222222"])  # every copy answered
+        self.assertEqual(receipts, ["1111111111", "2222222222"])  # one forward each: no replay
 
     def test_help(self):
         for cmd in ([PY, os.path.join(ROOT, "udp_hub.py"), "--help"], CLIENT + ["--help"]):
             result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=10)
             self.assertEqual(result.returncode, 0)
             self.assertIn("usage:", result.stdout)
+        self.assertIn("--reflect-allowance", subprocess.run(
+            [PY, os.path.join(ROOT, "udp_hub.py"), "--help"], capture_output=True, text=True).stdout)
+        self.assertRegex(result.stdout, r"exit status:(.|\n)*3 +a request got no answer(.|\n)*4 +the hub's port")
+
+    def test_no_hub_on_the_port_is_an_immediate_error(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:   # a port nobody listens on
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        t0 = time.monotonic()
+        script = "alice->server#login<alice123>\nalice->bob#hi\n"
+        result = subprocess.run(CLIENT + [HOST, str(port)], input=script, cwd=ROOT,
+                                capture_output=True, text=True, timeout=15)
+        self.assertLess(time.monotonic() - t0, 4.0)   # not 4 tries x 2 s of silence
+        self.assertEqual(result.stdout, "Error: no server at that address (port unreachable)\n"
+                                        "Error: not logged in\n")
+        self.assertEqual(result.returncode, 4, result.stderr)
+
+    def test_a_hub_that_never_answers_is_a_non_zero_exit(self):
+        silent = self.udp()    # bound, so no "port unreachable", and never answers
+        result = subprocess.run(CLIENT + [HOST, str(silent.port), "--timeout", "0.2"], cwd=ROOT,
+                                input="alice->server#login<alice123>\n", capture_output=True,
+                                text=True, timeout=15)
+        self.assertEqual(result.stdout, "Error: no response from server\n")
+        self.assertEqual(result.returncode, 3, result.stderr)
+
+
+class AnswerAddressTest(HubTestCase):
+    """The seed's client sends on one socket and receives on the one its
+    login names: every answer about its session must reach that one."""
+
+    def setUp(self):
+        super().setUp()
+        self.tx, self.rx = self.udp(), self.udp()
+        self.tx.send(f"alice->server#login<alice123><{self.rx.ip}><{self.rx.port}>")
+        self.token = re.fullmatch(rf"server->alice#Success<({TOKEN_RE})>", self.rx.recv())[1]
+
+    def test_token_error_goes_to_the_receiving_socket(self):
+        self.tx.send("alice->bob#<zzzzzz><0000000001>hi")
+        self.assertEqual(self.rx.recv(), "server->alice#<zzzzzz><0000000001>Error: token error!")
+        self.tx.send("alice->server#logoff<zzzzzz>")
+        self.assertEqual(self.rx.recv(), "server->alice#Error: token error!")
+        self.assertTrue(self.tx.nothing(0.2))
+
+    def test_please_log_in_again_after_logoff_goes_to_the_receiving_socket(self):
+        self.tx.send(f"alice->server#logoff<{self.token}>")
+        self.assertEqual(self.rx.recv(), f"server->alice#Success<{self.token}>")
+        self.tx.send(f"alice->bob#<{self.token}><0000000002>still there?")
+        self.assertEqual(self.rx.recv(),
+                         f"server->alice#<{self.token}><0000000002>Error: please log in again!")
+        self.assertTrue(self.tx.nothing(0.2))
 
 
 if __name__ == "__main__":

@@ -192,6 +192,44 @@ class ClientLogoffTest(ClientTestCase):
         self.assertState(ClientState.LOGIN_SENT)
 
 
+class ClientUnansweredTest(ClientTestCase):
+    """No hub at the address: ICMP "port unreachable" fails the request at
+    once; a request that is never answered makes the exit status non-zero."""
+
+    def test_refused_in_login_sent_goes_offline_at_once(self):
+        self.typed("alice->server#login<alice123>")
+        self.typed("alice->bob#queued")
+        actions = self.client.refused()
+        self.assertEqual(printed(actions), ["Error: no server at that address (port unreachable)",
+                                            "Error: not logged in"])
+        self.assertIn(CancelTimer(("retry",)), actions)
+        self.assertState(ClientState.OFFLINE)
+        self.assertEqual(self.client.status, 4)
+
+    def test_refused_in_message_sent_falls_back_online(self):
+        self.go_online()
+        self.typed("alice->bob#hello")
+        self.client.refused()
+        self.assertState(ClientState.ONLINE)
+        self.assertEqual(self.client.token, "Ab3$x_")
+        self.assertEqual(self.client.timer(("retry",)), [])   # nothing left to resend
+
+    def test_refused_when_nothing_is_outstanding_is_shown(self):
+        self.go_online()
+        self.assertEqual(printed(self.client.refused()), ["Error: no server at that address (port unreachable)"])
+        self.assertState(ClientState.ONLINE)
+
+    def test_exit_status(self):
+        self.go_online()
+        self.assertEqual(self.client.status, 0)       # every request answered
+        self.typed("alice->bob#hello")
+        for _ in range(4):
+            self.client.timer(("retry",))
+        self.assertEqual(self.client.status, 3)       # one never was
+        self.client.refused()                         # (idle: shown, the status stays)
+        self.assertEqual(self.client.status, 3)
+
+
 class ClientEndOfInputTest(ClientTestCase):
     def test_exits_when_idle(self):
         self.client.end_of_input()
