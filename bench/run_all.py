@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from bench import common  # noqa: E402
 
-ORDER = ("login", "app", "durability", "broker", "hub", "hub_attack", "scale", "scaleout", "snapshot")
+ORDER = ("login", "app", "durability", "broker", "hub", "hub_attack", "scale", "scaleout", "snapshot", "hostile")
 
 
 def main(argv):
