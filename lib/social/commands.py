@@ -366,18 +366,15 @@ HANDLERS = {
 }
 
 
-def handle_relayed(state, line, ctx):
-    """A request line an app server relayed (None: it sent none): `Bad request`
-    if it is not one, register/login belong to the login server, else `handle`."""
-    try:
-        request = protocol.decode_line(line.encode("utf-8")) if line is not None else None
-    except ValueError:
-        request = None
+def handle_relayed(state, request, ctx, me=None):
+    """A request an app server relayed, decoded (None: none, or not one):
+    `Bad request`; register/login belong to the login server; else `handle`
+    (`me`: the token's user, looked up by the caller)."""
     if request is None:
         return Outcome(fail(protocol.BAD_REQUEST))
     if request.command is not None and not request.command.token:
         return Outcome(fail(f"Send {request.name} to the login server"))
-    return handle(state, request, ctx, Server.APP)
+    return handle(state, request, ctx, Server.APP, me=me)
 
 
 _LOOK_UP = object()   # handle(me=...): the token's user is not looked up yet

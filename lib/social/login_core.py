@@ -330,16 +330,16 @@ class LoginCore:
 
     def _relay(self, link, msg):
         """One client request from an app server: the reply, and what to publish."""
-        line = _line(msg)
-        me = self._app_user(line)
+        request = _request_of(msg)       # decoded once: the checks below and the command share it
+        me, bound = self._app_user(request)
         server = self.links[link].server
-        if me is not None and me not in self.assigned:
+        if bound and me not in self.assigned:
             # A session restored after our restart, used before any locate:
             # it stays on this server if the fleet has room for it there.
             return [FleetAdopt(link, server, me, msg)]
-        if me is not None and self.assigned[me] != server:
+        if bound and self.assigned[me] != server:
             return self._answer(link, msg, commands.Outcome(fail(WRONG_SERVER)))
-        return self._answer(link, msg, commands.handle_relayed(self.store.state, line, self.ctx))
+        return self._answer(link, msg, commands.handle_relayed(self.store.state, request, self.ctx, me=me))
 
     def _adopted(self, ev):
         if not ev.ok:
@@ -354,20 +354,17 @@ class LoginCore:
         return [SendLink(link, {"op": "reply", "id": msg.get("id"), "reply": outcome.reply,
                                 "publish": publish})]
 
-    def _app_user(self, line):
-        """The user of a request that passes the token, usage and which-server
-        checks (docs/protocol.md §3): its token must be used on the user's app
-        server. Any valid token keeps its session active."""
-        try:
-            request = protocol.decode_line(line.encode("utf-8")) if line is not None else None
-        except ValueError:
-            return None
+    def _app_user(self, request):
+        """(the token's user or None, whether that user must be on this app
+        server): a request that passes the token, usage and which-server
+        checks (docs/protocol.md §3) must come from the user's app server. Any
+        valid token keeps its session active."""
         command = request.command if request else None
         if command is None or not command.token:
-            return None
+            return None, False
         me = self._active(request.words)
-        return me if command.server is Server.APP and protocol.arity_ok(command, request.words[1:]) \
-            else None
+        return me, me is not None and command.server is Server.APP and \
+            protocol.arity_ok(command, request.words[1:])
 
     def _nothing(self, *_):
         return []
@@ -381,9 +378,15 @@ class LoginCore:
         return []
 
 
-def _line(msg):
-    # Whatever JSON value it holds is read as text; a missing line is a Bad request.
-    return str(msg["line"]) if "line" in msg else None
+def _request_of(msg):
+    """The relayed request (whatever JSON value "line" holds is read as text),
+    or None: a missing or undecodable line is a Bad request."""
+    if "line" not in msg:
+        return None
+    try:
+        return protocol.decode_line(str(msg["line"]).encode("utf-8"))
+    except ValueError:
+        return None
 
 
 def _decode(data):
