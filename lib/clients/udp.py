@@ -18,6 +18,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from lib.flags import number
 from lib.hub import wire
 from lib.hub.actions import CancelTimer, Send, SetTimer
 from lib.hub.wire import SERVER
@@ -355,21 +356,11 @@ def _parser():
     ap.add_argument("port", type=int, help="hub UDP port")
     ap.add_argument("--stay", action="store_true",
                     help="keep receiving after the end of input (until Ctrl-C)")
-    ap.add_argument("--timeout", type=_seconds, default=TIMEOUT, metavar="S",
+    ap.add_argument("--timeout", type=number(float), default=TIMEOUT, metavar="S",
                     help=f"seconds to wait for an answer before resending (default {TIMEOUT:g})")
     ap.add_argument("--retries", type=int, default=RETRIES, metavar="N",
                     help=f"resends before giving up on a request (default {RETRIES})")
     return ap
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
 
 
 def main(argv: list[str]) -> int:

@@ -6,18 +6,8 @@ when it hits each one.
 ports freely, so per-port limits would bind nobody. The defaults let a
 classroom behind one NAT address log in at once and bite on floods beyond.
 """
-import argparse
-from dataclasses import dataclass, field, fields, make_dataclass
-
-
-@dataclass(frozen=True)
-class Limit:
-    name: str          # attribute of HubLimits, flag --name-with-dashes
-    default: object
-    kind: type         # int or float
-    metavar: str
-    help: str
-    zero_ok: bool = False
+from lib import flags
+from lib.flags import Limit
 
 
 LIMITS = (
@@ -44,37 +34,14 @@ LIMITS = (
           "source addresses the rate limits and the reflection ledger remember (least recent forgotten)"),
 )
 
-HubLimits = make_dataclass("HubLimits", [(limit.name, limit.kind, field(default=limit.default))
-                                         for limit in LIMITS], frozen=True)
-HubLimits.__doc__ = "The limits in force, one attribute per row of LIMITS."
-
-
-def _flag(limit):
-    return "--" + limit.name.replace("_", "-")
+HubLimits = flags.values("HubLimits", LIMITS, "The limits in force, one attribute per row of LIMITS.")
 
 
 def add_arguments(parser):
     """One flag per limit, in a group of its own."""
-    group = parser.add_argument_group(
-        "limits", "A source address is a source IP (an IPv6 /64). docs/limits.md, "
-                  "\"UDP hub\", says what a client sees at each limit.")
-    for limit in LIMITS:
-        group.add_argument(_flag(limit), dest=limit.name, type=_number(limit), default=limit.default,
-                           metavar=limit.metavar, help=f"{limit.help} (default {limit.default:g})")
+    flags.add_arguments(parser, LIMITS, "limits", "A source address is a source IP (an IPv6 /64). "
+                        "docs/limits.md, \"UDP hub\", says what a client sees at each limit.")
 
 
 def from_args(args):
-    return HubLimits(**{f.name: getattr(args, f.name) for f in fields(HubLimits)})
-
-
-def _number(limit):
-    def parse(text):
-        try:
-            value = limit.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0 or (value == 0 and not limit.zero_ok):
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-        return value
-    parse.__name__ = limit.kind.__name__
-    return parse
+    return flags.from_args(HubLimits, args)

@@ -5,19 +5,10 @@ docs/limits.md says what a client sees when it hits each one.
 The defaults let a classroom behind one NAT address through (250 sign-ups
 and logins from one address within a minute) and bite on floods beyond.
 """
-import argparse
-from dataclasses import dataclass, field, fields, make_dataclass
+from lib import flags
+from lib.flags import Limit
 
 KIB, MIB = 1024, 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Limit:
-    name: str          # attribute of Limits
-    default: object
-    kind: type         # int or float
-    metavar: str
-    help: str
 
 
 LIMITS = (
@@ -51,9 +42,7 @@ LIMITS = (
 )
 
 
-# The values in force, one attribute per row of LIMITS (defaults from there).
-Limits = make_dataclass("Limits", [(limit.name, limit.kind, field(default=limit.default))
-                                   for limit in LIMITS], frozen=True)
+Limits = flags.values("Limits", LIMITS, "The values in force, one attribute per row of LIMITS.")
 
 
 # The limits an application server enforces itself (its client connections);
@@ -62,39 +51,16 @@ APP_SERVER = frozenset({"max_conns_per_address", "first_request_timeout", "pipel
                         "max_unsent", "max_output"})
 
 
-def _flag(limit):
-    return "--" + limit.name.replace("_", "-")
-
-
 def add_arguments(parser, only=None):
-    """One flag per limit (or those named in `only`), in a group of its own."""
-    group = parser.add_argument_group("limits (docs/limits.md: what a client sees at each)")
-    for limit in LIMITS:
-        if only is None or limit.name in only:
-            shown = f"{limit.default:g}" if limit.kind is float else str(limit.default)
-            group.add_argument(_flag(limit), dest=limit.name, type=_positive(limit.kind),
-                               default=limit.default, metavar=limit.metavar,
-                               help=f"{limit.help} (default {shown})")
+    """One flag per limit (or those named in `only`)."""
+    flags.add_arguments(parser, LIMITS, "limits (docs/limits.md: what a client sees at each)", only=only)
 
 
 def from_args(args):
-    return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits) if hasattr(args, f.name)})
+    return flags.from_args(Limits, args)
 
 
 def to_argv(limits, only=None):
     """The flags that pass `limits` on to a child process (an app server)."""
     return [arg for limit in LIMITS if only is None or limit.name in only
-            for arg in (_flag(limit), repr(getattr(limits, limit.name)))]
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
+            for arg in (flags.flag(limit), repr(getattr(limits, limit.name)))]
