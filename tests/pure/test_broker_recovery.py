@@ -7,6 +7,7 @@ from stomp.utils import Frame
 
 from lib.messaging import broker
 from tests.fakes import QUEUE, TOPIC, LinkTestCase
+from tests.pure.test_broker_link import AckLinkTestCase
 
 
 class ReconnectTest(LinkTestCase):
@@ -114,7 +115,92 @@ class ReconnectTest(LinkTestCase):
         self.assertEqual({args[0] for _, args in self.reactor.from_threads}, {self.link._gen})
 
 
-class WriteOrderTest(LinkTestCase):
+class AckRecoveryTest(AckLinkTestCase):
+    def test_subscriptions_come_back_with_their_ack_mode_and_headers(self):
+        self.up()
+        self.subscribe(QUEUE, ack="client-individual", headers={"activemq.prefetchSize": "500"})
+        self.subscribe(TOPIC)
+        self.flush()
+        old = self.conn
+        self.frame(old, "on_heartbeat_timeout", None)
+        self.reconnect(broker.BACKOFF_MIN)
+        self.flush()
+
+        def subscriptions(conn):
+            return [(args, kwargs["ack"], {k: v for k, v in kwargs["headers"].items() if k != "receipt"})
+                    for m, args, kwargs in conn.frames if m == "subscribe"]
+        self.assertEqual(subscriptions(self.conn), subscriptions(old))
+        self.assertEqual(subscriptions(self.conn), [
+            ((QUEUE, self.sid_of(QUEUE)), "client-individual", {"activemq.prefetchSize": "500"}),
+            ((TOPIC, self.sid_of(TOPIC)), "auto", {})])
+        self.assertNotEqual(self.sent(old), self.sent(), "a receipt id used twice")
+
+    def test_acks_of_a_dead_connection_are_noops_and_its_messages_come_again(self):
+        self.up()
+        self.subscribe(QUEUE, ack="client-individual")
+        self.subscribe(TOPIC)
+        self.flush()
+        old = self.conn
+        first = self.deliver(QUEUE, "ID:m1", "a-1", body="one")
+        self.frame(old, "on_disconnected", None)
+        self.link.ack(first)                     # while down
+        # Posted by the dead connection's receiver before it stopped: an
+        # unacked message is the broker's again (it comes back), a topic
+        # message (ack=auto) is ours.
+        self.assertIsNone(self.deliver(QUEUE, "ID:m2", "a-2", body="late", conn=old))
+        self.assertIsNotNone(self.deliver(TOPIC, "ID:t1", None, body="topic", conn=old))
+        # Bounded: what the dead connection delivered is forgotten, acked or not.
+        self.assertEqual(self.link._unacked, {})
+        self.reconnect(broker.BACKOFF_MIN)
+        self.link.ack(first)                     # on the new connection
+        self.flush()
+        self.assertEqual((self.acks(old), self.acks()), ([], []))
+        # STOMP 1.2 ack ids belong to their connection: the new one may use
+        # "a-1" for another message, which the stale ack must not ack.
+        other = self.deliver(QUEUE, "ID:m9", "a-1", body="other")
+        again = self.deliver(QUEUE, "ID:m1", "a-2", body="one")   # the redelivery
+        self.link.ack(first)
+        self.link.ack(again)
+        self.flush()
+        self.assertEqual(self.acks(), ["a-2"])
+        self.link.ack(other)
+        self.flush()
+        self.assertEqual(self.acks(), ["a-2", "a-1"])
+        self.assertEqual([b for _, b, _ in self.messages], ["one", "topic", "other", "one"])
+        self.assertEqual(self.states, [True, False, True])
+        self.assertTrue(self.link.connected)
+
+    def test_acks_queued_when_the_connection_dies_are_not_written_later(self):
+        self.up()
+        self.subscribe(QUEUE, ack="client-individual")
+        self.flush()
+        headers = self.deliver(QUEUE, "ID:m1", "a-1")
+        self.conn.fail_writes = BrokenPipeError("Broken pipe")
+        self.publish("fails")
+        self.link.ack(headers)                   # behind the failing write
+        self.flush()
+        self.reconnect(broker.BACKOFF_MIN)
+        self.flush()
+        self.assertEqual([m for m, _, _ in self.conn.frames], ["subscribe"])
+
+
+class WriteOrderTest(AckLinkTestCase):
+    def test_acks_go_out_in_order_with_the_other_frames(self):
+        self.up()
+        self.subscribe(QUEUE, ack="client-individual")
+        self.flush()
+        first, second = self.deliver(QUEUE, "ID:m1", "a-1"), self.deliver(QUEUE, "ID:m2", "a-2")
+        self.publish("one")                      # its write job is in flight
+        self.link.ack(second)
+        self.publish("two")
+        self.link.ack(first)
+        self.subscribe(TOPIC)
+        self.assertEqual(len(self.reactor.jobs_of(broker._write)), 1, "a second writer while one runs")
+        self.flush()
+        self.assertEqual([(m, a[1] if m == "send" else a[0]) for m, a, _ in self.conn.frames[1:]],
+                         [("send", "one"), ("ack", "a-2"), ("send", "two"), ("ack", "a-1"),
+                          ("subscribe", TOPIC)])
+
     def test_frames_go_out_in_order_one_write_job_at_a_time(self):
         self.up()
         self.publish("one")
