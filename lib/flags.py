@@ -1,9 +1,12 @@
 """Tables of limits as command-line flags, shared by every main: a `Limit`
 row gives a flag (`--name-with-dashes`), its default and help; `values()`
 makes the frozen class of the values in force. Numbers must be > 0 (or
->= 0 where a row says `zero_ok`)."""
+>= 0 where a row says `zero_ok`). Also the argparse types of ports and
+addresses, so every main reports a bad one as a one-line usage error."""
 import argparse
 from dataclasses import dataclass, field, fields, make_dataclass
+
+from lib.loop import address
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,42 @@ def number(kind, zero_ok=False):
             raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero_ok else '> 0'}: {text!r}")
         return value
     parse.__name__ = kind.__name__
+    return parse
+
+
+USAGE = 2   # exit status of a usage error (argparse's)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a usage error on ONE line, `PROG: error: WHY (see --help)`,
+    exit status 2: a script reads one line; the usage is in --help."""
+
+    def error(self, message):
+        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def port(any_ok=True):
+    """An argparse type: a port, 1-65535 (or 0 for any free port with `any_ok`),
+    so 70000 or -1 is a usage error (exit 2) rather than bind()'s traceback."""
+    def parse(text):
+        try:
+            return address.parse_port(text, any_ok, what="")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = "port"
+    return parse
+
+
+def address_text(default_port=None):
+    """An argparse type: a `HOST:PORT` (or `HOST` with `default_port`) checked
+    by lib/loop/address.py; the text itself is kept, as the mains pass it on."""
+    def parse(text):
+        try:
+            address.parse_address(text, default_port)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text.strip()
+    parse.__name__ = "address"
     return parse
 
 

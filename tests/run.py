@@ -13,7 +13,10 @@ Tiers:
         process through `subprocess`, fails (socket pairs, pipes and the
         store's own snapshot fork are fine). The whole tier takes < 10 s.
   live  tests/live (and any test module outside tests/pure): real servers,
-        clients, ActiveMQ, moto's EC2 server. Minutes.
+        clients, ActiveMQ, moto's EC2 server. Minutes. They use the run's
+        own ActiveMQ (tests/broker_instance.py: a child java process on a
+        free loopback port, with generated credentials), started before
+        the test modules load and stopped at the end; never the machine's.
 
 Each tier's wall time is printed at the end. The exit status is 1 if any
 test failed or none ran, 2 for a usage error.
@@ -229,18 +232,71 @@ def load(argv):
     return {name: tests for name, tests in tiers.items() if tests}
 
 
+def may_run_live(argv):
+    """Could this command line include a live test? (Decided before the
+    modules load, so that they see the test broker's address.)"""
+    if "--quick" in argv or any(a in ("-h", "--help") for a in argv):
+        return False
+    names = [a for a in argv if not a.startswith("-")]
+    pure = ("tests.pure", "tests/pure")
+    return not names or any(n not in pure and not n.startswith(("tests.pure.", "tests/pure/"))
+                            for n in names)
+
+
+def start_broker(argv):
+    """This run's own ActiveMQ (tests/broker_instance.py), started now and
+    awaited before the live tier: (broker or None, why it is missing)."""
+    from tests import broker_instance
+    if not may_run_live(argv):
+        return None, None
+    try:
+        return broker_instance.start_for_run(), None
+    except (broker_instance.BrokerError, OSError) as e:
+        return None, str(e)
+
+
+def broker_ready(broker, error):
+    """None once the test broker takes logins, else why the live tier cannot run."""
+    from tests import broker_instance
+    if broker is None:
+        return error or "no test broker"
+    try:
+        seconds = broker.wait_ready()
+    except broker_instance.BrokerError as e:
+        return str(e)
+    print(f"test broker {broker.address} (pid {broker.proc.pid}) ready {seconds:.2f} s after "
+          f"its start; log {broker.log_path}", file=sys.stderr, flush=True)
+    return None
+
+
 def main(argv):
     sys.path.insert(0, ROOT)
+    from tests import broker_instance
+    broker, broker_error = start_broker(argv)
+    try:
+        return run_tiers(argv, broker, broker_error)
+    finally:
+        broker_instance.stop_for_run()
+
+
+def run_tiers(argv, broker, broker_error):
     tiers = load(argv)
     if isinstance(tiers, str):
         print(tiers, file=sys.stderr)
         return 2
-    if os.environ.get("NP_TEST_SHARED_BROKER", "") not in ("", "0") and LIVE in tiers:
-        print("NP_TEST_SHARED_BROKER is set: tests that stop or restart the broker are skipped",
-              file=sys.stderr)
+    if LIVE not in tiers and broker is not None:
+        from tests import broker_instance
+        broker_instance.stop_for_run()        # only pure tests after all
     ran, failed, skipped = set(), set(), set()
     timings = []
+    live_missing = None
     for name, tests in tiers.items():
+        if name == LIVE:
+            live_missing = broker_ready(broker, broker_error)
+            if live_missing:
+                print(f"\n==== live tier NOT RUN: the tests' own broker did not start: "
+                      f"{live_missing}", file=sys.stderr)
+                continue
         result, seconds = run_tier(name, tests)
         tier_ran, tier_failed, tier_skipped = result.counts()
         ran |= tier_ran
@@ -253,9 +309,11 @@ def main(argv):
         if name == PURE and seconds >= PURE_BUDGET:
             note = f": OVER the pure tier's {PURE_BUDGET:g} s budget"
         print(f"{name} tier: {plural(count, 'test')} in {seconds:.2f} s{note}")
+    if live_missing:
+        print(f"live tier: {plural(len(tiers[LIVE]), 'test')} NOT RUN (no test broker)")
     passed = ran - failed - skipped
     print(f"{len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
-    return 0 if not failed and ran else 1
+    return 0 if not failed and ran and not live_missing else 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Helpers for the live tests: real processes, real sockets on 127.0.0.1.
 
 Environment:
-  NP_TEST_BROKER=HOST:PORT   the broker the servers use (default 127.0.0.1:61613)
-  NP_TEST_SHARED_BROKER=1    skip the tests marked `@disturbs_broker` (others use
-                             this machine's broker); CI leaves it unset
+  NP_TEST_BROKER=HOST:PORT   the broker the servers use; NP_BROKER_USER and
+                             NP_BROKER_PASSWORD its credentials. tests/run.py sets
+                             all three to the run's own broker (tests/broker_instance.py),
+                             which every server it spawns inherits; the machine's
+                             broker is never used
   NP_COURSE_TESTS=DIR        the course's demo files (default ../shared/course/tests,
                              beside the repository); tests that need them skip
                              when the directory is absent
 """
+import functools
 import json
 import os
 import queue
@@ -26,18 +29,28 @@ PYTHON = sys.executable
 COURSE = os.environ.get("NP_COURSE_TESTS") or \
     os.path.join(os.path.dirname(ROOT), "shared", "course", "tests")
 BROKER = os.environ.get("NP_TEST_BROKER", "127.0.0.1:61613")
-SHARED_BROKER = os.environ.get("NP_TEST_SHARED_BROKER", "") not in ("", "0")
+
+
+def own_broker():
+    """The run's own broker (tests/broker_instance.TestBroker: stop(),
+    start(), restart()), or None when tests/run.py did not start one."""
+    from tests import broker_instance
+    return broker_instance.current()
 
 
 def disturbs_broker(test):
-    """Marks a test that stops or restarts the ActiveMQ broker of this machine
-    (`scripts/activemq.sh stop|restart`): for a few seconds every program
-    using that broker loses its connection, and messages in flight may be
-    refused. With NP_TEST_SHARED_BROKER=1 (a machine whose broker others
-    use) such tests are skipped; CI runs them."""
-    test.disturbs_broker = True
-    return unittest.skipIf(SHARED_BROKER, "stops or restarts the ActiveMQ broker, and "
-                           "NP_TEST_SHARED_BROKER is set (others use this machine's broker)")(test)
+    """Marks a test that stops or restarts the broker: always the run's own
+    (own_broker()), never the machine's. Skipped when there is none (a test
+    module run without tests/run.py)."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        broker = own_broker()
+        if broker is None or broker.address != BROKER:
+            raise unittest.SkipTest("stops or restarts the broker: needs the run's own broker "
+                                    "(run it through ./run-tests)")
+        return test(*args, **kwargs)
+    run.disturbs_broker = True
+    return run
 
 
 def needs_course_files(test):

@@ -1,51 +1,51 @@
-"""lib/messaging/broker.py and scripts/activemq.sh against the real ActiveMQ on 127.0.0.1.
+"""lib/messaging/broker.py against the real ActiveMQ, and scripts/activemq.sh.
 
+BrokerTest: BrokerLinks on the run's own broker (tests/broker_instance.py:
+tests.support.BROKER, logged in with NP_BROKER_USER / NP_BROKER_PASSWORD).
 Destinations are named as the social service names them (lib/social/commands.py
 `Context`); tests/pure/test_broker_link.py checks those names and the link's
-logic with a fake connection.
+logic with a fake connection. Each BrokerLink runs on its own Reactor in a
+background thread of this test process (as the app server does); the test
+thread talks to a reactor only through `Loop.call`. Some tests stop and
+restart the run's broker (never the machine's); they leave it running.
 
-Each BrokerLink runs on its own Reactor in a background thread of this test
-process (as the app server and the client would in theirs); the test thread
-talks to a reactor only through `Loop.call`. Some tests stop and restart the
-broker; the class always leaves it running.
+ActivemqScriptTest: the script on a throwaway Debian instance of its own
+(NP_BROKER_INSTANCE=nptest-PID on a free port, removed at the end; needs
+root); never the machine's `main`. NonRootTest: the one line a user without
+root gets.
 """
+import grp
 import os
-import socket
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
+import uuid
 
 import stomp
 
 from tests.support import ROOT  # noqa: E402
 sys.path.insert(0, ROOT)
 
-from lib.messaging import broker  # noqa: E402
+from lib.messaging import broker, credentials  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 from lib.social.commands import Context  # noqa: E402
-from tests.support import disturbs_broker, holds_for, wait_for  # noqa: E402
+from tests import broker_instance  # noqa: E402
+from tests.live.test_broker_auth import connect, listening_ports  # noqa: E402
+from tests.support import BROKER, accepts, alive, disturbs_broker, holds_for, own_broker, wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "activemq.sh")
-PORT = int(os.environ.get("NP_BROKER_PORT", "61613"))
+HOST, PORT = broker.parse_address(BROKER)
 NAMES = Context()   # random destinations, as the servers make them
 
 
-def activemq(command):
-    """Run scripts/activemq.sh; returns (returncode, stderr)."""
-    proc = subprocess.run([SCRIPT, command], capture_output=True, text=True, timeout=240)
-    return proc.returncode, proc.stderr
-
-
-def port_open():
-    try:
-        socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
+def login():
+    """The run's broker credentials (None: no login headers)."""
+    return credentials.from_env(os.environ)
 
 
 class Loop:
@@ -87,8 +87,8 @@ class Client:
         self.messages = []          # (destination, body, headers)
         self.states = []            # (monotonic time, connected)
         self.link = broker.BrokerLink(
-            self.loop.reactor, "127.0.0.1", PORT, on_message=self._on_message,
-            on_state=self._on_state, name=name)
+            self.loop.reactor, HOST, PORT, on_message=self._on_message,
+            on_state=self._on_state, name=name, credentials=login())
         self.loop.call(self.link.start)
 
     def _on_message(self, destination, body, headers):
@@ -142,14 +142,10 @@ class Client:
 class BrokerTest(unittest.TestCase):
 
     @classmethod
-    def setUpClass(cls):
-        rc, err = activemq("ensure")
-        if rc != 0:
-            raise unittest.SkipTest("scripts/activemq.sh ensure failed:\n" + err)
-
-    @classmethod
     def tearDownClass(cls):
-        activemq("ensure")  # whatever happened, leave the broker running
+        broker_now = own_broker()
+        if broker_now is not None and not broker_now.running():
+            broker_now.start()      # whatever happened, leave the run's broker running
 
     def setUp(self):
         self.clients = []
@@ -163,20 +159,6 @@ class BrokerTest(unittest.TestCase):
         self.clients.append(client)
         self.assertTrue(client.wait_connected(), "%s never connected" % name)
         return client
-
-    # -- the broker script ---------------------------------------------------------
-    # (test_names_and_addresses moved to tests/pure/test_broker_link.py: it needs no broker)
-    def test_ensure_is_idempotent(self):
-        rc, err = activemq("ensure")
-        self.assertEqual(rc, 0, err)
-        t0 = time.monotonic()
-        rc, err = activemq("ensure")
-        elapsed = time.monotonic() - t0
-        self.assertEqual(rc, 0, err)
-        self.assertTrue(port_open())
-        rc, _ = activemq("status")
-        self.assertEqual(rc, 0)
-        print("\n  second `activemq.sh ensure`: %.3f s" % elapsed, file=sys.stderr)
 
     # -- publish / subscribe --------------------------------------------------------
     def test_queue_publish_with_receipt(self):
@@ -240,7 +222,7 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(sub.subscribe_wait(topic)[0])
 
-        snoop = stomp.Connection12([("127.0.0.1", PORT)])
+        snoop = stomp.Connection12([(HOST, PORT)])
         snooped = []
         receipts = threading.Event()
 
@@ -252,7 +234,8 @@ class BrokerTest(unittest.TestCase):
                 if frame.headers.get("receipt-id") == "snoop-last":
                     receipts.set()
         snoop.set_listener("snoop", Snoop())
-        snoop.connect(wait=True)
+        creds = login()
+        snoop.connect(creds.user, creds.password, wait=True)
         try:
             guesses = ["/queue/alice", "/queue/np.u.alice", "/topic/friends",
                        "/topic/np.g.friends", "/queue/np.alice", "/topic/friends.alice"]
@@ -310,8 +293,7 @@ class BrokerTest(unittest.TestCase):
         queue = NAMES.new_queue()
         self.assertTrue(sub.subscribe_wait(queue)[0])
         try:
-            rc, err = activemq("stop")
-            self.assertEqual(rc, 0, err)
+            own_broker().stop()
             self.assertTrue(wait_for(lambda: not pub.link.connected, 10), "link did not notice")
             t0 = time.monotonic()
             ok, err, latency, _ = pub.publish_wait(queue, "lost", True, timeout=2)
@@ -326,8 +308,7 @@ class BrokerTest(unittest.TestCase):
             self.assertEqual(pub.states[-1][1], False)
             self.assertEqual(sub.states[-1][1], False)
         finally:
-            rc, err = activemq("start")
-        self.assertEqual(rc, 0, err)
+            own_broker().start()
         up = time.monotonic()
         self.assertTrue(pub.wait_connected(10) and sub.wait_connected(10))
         print("\n  reconnect after broker start: %.2f s" % (time.monotonic() - up), file=sys.stderr)
@@ -340,13 +321,12 @@ class BrokerTest(unittest.TestCase):
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(sub.subscribe_wait(topic)[0])
         t0 = time.monotonic()
-        rc, err = activemq("restart")
-        self.assertEqual(rc, 0, err)
+        own_broker().restart()
         restarted = time.monotonic()
         self.assertTrue(wait_for(lambda: len(pub.states) >= 3 and pub.link.connected, 10),
                         "publisher did not reconnect: %r" % pub.states)
         self.assertTrue(wait_for(lambda: len(sub.states) >= 3 and sub.link.connected, 10))
-        print("\n  restart: script %.2f s, links up %.2f s after it returned"
+        print("\n  restart: %.2f s, links up %.2f s after it returned"
               % (restarted - t0, max(pub.states[-1][0], sub.states[-1][0]) - restarted),
               file=sys.stderr)
         self.assertEqual([s for _, s in pub.states], [True, False, True])
@@ -359,8 +339,7 @@ class BrokerTest(unittest.TestCase):
         queue = NAMES.new_queue()
         self.assertEqual(pub.publish_wait(queue, "kept", persistent=True)[:2], (True, None))
         self.assertEqual(pub.publish_wait(queue, "dropped", persistent=False)[:2], (True, None))
-        rc, err = activemq("restart")
-        self.assertEqual(rc, 0, err)
+        own_broker().restart()
         sub = self.client("late-sub")
         self.assertTrue(sub.subscribe_wait(queue)[0])
         self.assertTrue(wait_for(lambda: sub.messages, 5), "persistent message lost")
@@ -381,6 +360,246 @@ class BrokerTest(unittest.TestCase):
                     wait_for(lambda: text in sub.bodies(destination), 0.5):
                 return True
         return False
+
+
+# ------------------------------------------------------------------------------------
+INSTANCE = f"nptest-{os.getpid()}"   # never `main`: that is the machine's broker
+# An install from before logins were required: OpenWire, STOMP, no plugin
+# (what scripts/activemq.sh wrote until issue 12), with our ports.
+OLD_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
+  http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+    <bean class="org.springframework.beans.factory.config.PropertyPlaceholderConfigurer"/>
+    <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="localhost"
+            dataDirectory="${{activemq.base}}/data">
+        <persistenceAdapter><kahaDB directory="${{activemq.base}}/data/kahadb"/></persistenceAdapter>
+        <transportConnectors>
+            <transportConnector name="openwire" uri="tcp://127.0.0.1:{openwire}"/>
+            <transportConnector name="stomp" uri="stomp://127.0.0.1:{stomp}"/>
+        </transportConnectors>
+    </broker>
+</beans>
+"""
+
+
+def as_nobody():
+    """argv prefix that drops root (setpriv), or [] when we are not root."""
+    if os.geteuid() != 0:
+        return []
+    nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    return ["setpriv", f"--reuid={nobody}", f"--regid={nogroup}", "--clear-groups"]
+
+
+def script(command, *args, port, creds=None, instance=INSTANCE, prefix=(), extra_env=None):
+    """Run scripts/activemq.sh on `instance`; the run's own credentials are
+    taken out of the environment, `creds` put in. -> CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NP_BROKER_")}
+    env.update(NP_BROKER_INSTANCE=instance, NP_BROKER_PORT=str(port), **(extra_env or {}))
+    if creds is not None:
+        env.update(credentials.env(creds))
+    return subprocess.run([*prefix, SCRIPT, command, *args], env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+def login_answer(port, creds=None):
+    answer, session = connect("127.0.0.1", port, *((creds.user, creds.password) if creds else ()))
+    session.close()
+    return answer[0] if answer else None
+
+
+@unittest.skipUnless(os.path.isfile(broker_instance.JAR), "the activemq package is not installed")
+class ActivemqScriptTest(unittest.TestCase):
+    """ensure / start / stop / restart / purge on a throwaway instance."""
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root: makes a throwaway Debian instance of ActiveMQ")
+        cls.port = broker_instance.free_port()
+        cls.creds = credentials.generate()
+        cls.pidfile = f"/var/run/activemq/{INSTANCE}.pid"
+        t0 = time.monotonic()
+        proc = script("ensure", port=cls.port, creds=cls.creds)
+        if proc.returncode != 0:
+            script("purge", port=cls.port)
+            raise AssertionError(f"ensure of a new instance failed: {proc.stderr}")
+        print(f"\n  first ensure of instance {INSTANCE}: {time.monotonic() - t0:.2f} s",
+              file=sys.stderr)
+
+    @classmethod
+    def tearDownClass(cls):
+        proc = script("purge", port=cls.port)
+        assert proc.returncode == 0, proc.stderr
+
+    def pid(self):
+        with open(self.pidfile) as f:
+            return int(f.read())
+
+    def ensure(self, creds=None, **kwargs):
+        proc = script("ensure", port=self.port, creds=creds or self.creds, **kwargs)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertNotIn((creds or self.creds).password, proc.stdout + proc.stderr)
+        return proc
+
+    def test_ensure_is_idempotent_and_fast_when_all_is_in_place(self):
+        pid = self.pid()
+        self.ensure()
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            proc = self.ensure()
+            times.append(time.monotonic() - t0)
+            self.assertEqual(proc.stderr, "")        # nothing to say, nothing done
+        self.assertEqual(self.pid(), pid)
+        self.assertEqual(script("status", port=self.port).returncode, 0)
+        print("\n  `activemq.sh ensure`, all in place: median %.1f ms" % (sorted(times)[2] * 1000),
+              file=sys.stderr)
+
+    def test_the_instance_requires_a_login_and_speaks_stomp_only(self):
+        self.assertEqual(login_answer(self.port, self.creds), "CONNECTED")
+        self.assertEqual(login_answer(self.port), "ERROR")
+        self.assertEqual(login_answer(self.port, credentials.Credentials(
+            self.creds.user, self.creds.password[::-1])), "ERROR")
+        self.assertEqual(listening_ports(self.pid()), [self.port])
+        users = os.stat(f"/etc/activemq/instances-available/{INSTANCE}/users.properties")
+        self.assertEqual((users.st_mode & 0o777, users.st_uid, users.st_gid),
+                         (0o640, 0, grp.getgrnam("activemq").gr_gid))
+
+    def test_a_new_user_needs_no_restart(self):
+        pid = self.pid()
+        newcomer = credentials.generate()
+        self.assertEqual(login_answer(self.port, newcomer), "ERROR")
+        self.ensure(newcomer)
+        self.assertEqual(self.pid(), pid)
+        self.assertEqual(login_answer(self.port, newcomer), "CONNECTED")
+        self.assertEqual(login_answer(self.port, self.creds), "CONNECTED")   # the first one stays
+        # a changed password replaces the old one
+        changed = credentials.Credentials(newcomer.user, credentials.generate().password)
+        self.ensure(changed)
+        self.assertEqual(login_answer(self.port, changed), "CONNECTED")
+        self.assertEqual(login_answer(self.port, newcomer), "ERROR")
+        self.assertEqual(self.pid(), pid)
+
+    def test_credentials_from_a_file(self):
+        newcomer = credentials.generate()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "broker.credentials")
+            credentials.write_new(path, newcomer)
+            proc = script("ensure", path, port=self.port)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(login_answer(self.port, newcomer), "CONNECTED")
+
+    def test_without_root_a_present_user_passes_and_a_new_one_gets_one_line(self):
+        """Non-root users cannot read users.properties: the script asks the
+        broker whether the login works."""
+        proc = script("ensure", port=self.port, creds=self.creds, prefix=as_nobody())
+        self.assertEqual((proc.returncode, proc.stderr), (0, ""))
+        proc = script("ensure", port=self.port, creds=credentials.generate(), prefix=as_nobody())
+        self.assertEqual(proc.returncode, 4)
+        self.assertEqual(proc.stderr.count("\n"), 1, proc.stderr)
+        self.assertTrue(proc.stderr.startswith("activemq: needs root for the one-time set-up: run sudo"))
+
+    def test_stop_start_restart(self):
+        pid = self.pid()
+        proc = script("stop", port=self.port)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(accepts(self.port))
+        self.assertFalse(alive(pid))
+        self.assertEqual(script("status", port=self.port).returncode, 1)
+        self.assertEqual(script("start", port=self.port).returncode, 0)
+        self.assertEqual(login_answer(self.port, self.creds), "CONNECTED")
+        pid = self.pid()
+        proc = script("restart", port=self.port)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertNotEqual(self.pid(), pid)
+        self.assertEqual(login_answer(self.port, self.creds), "CONNECTED")
+        self.assertEqual(login_answer(self.port), "ERROR")
+
+    def test_zz_an_install_without_login_is_upgraded_and_keeps_its_messages(self):
+        """The instance as the script left it before logins were required:
+        anonymous STOMP, OpenWire open. `ensure` restarts it with logins
+        required and OpenWire gone; a persistent message stays."""
+        self.assertEqual(script("stop", port=self.port).returncode, 0)
+        avail = f"/etc/activemq/instances-available/{INSTANCE}"
+        openwire = broker_instance.free_port()
+        with open(f"{avail}/activemq.xml", "w") as f:
+            f.write(OLD_XML.format(openwire=openwire, stomp=self.port))
+        with open(f"{avail}/options") as f:
+            options = f.read()
+        with open(f"{avail}/options", "w") as f:
+            f.write(options.replace(f" -Djava.security.auth.login.config=/etc/activemq/instances-enabled/"
+                                    f"{INSTANCE}/login.config", ""))
+        # started as Debian's init script starts an instance
+        env = dict(PATH=os.environ["PATH"], INSTANCE=INSTANCE, ACTIVEMQ_USER="activemq",
+                   ACTIVEMQ_PIDFILE=self.pidfile, ACTIVEMQ_HOME="/usr/share/activemq",
+                   ACTIVEMQ_CONFIG_DIR=f"/etc/activemq/instances-enabled/{INSTANCE}")
+        subprocess.run(["start-stop-daemon", "--start", "--quiet", "--pidfile", self.pidfile,
+                        "--chuid", "activemq", "--background", "--name", "java", "--startas",
+                        "/usr/bin/activemq", "--", "start", "xbean:activemq.xml"],
+                       env=env, check=True, timeout=30)
+        self.assertTrue(wait_for(lambda: accepts(self.port) and accepts(openwire), 60),
+                        "the old-style broker did not come up")
+        old_pid = self.pid()
+        self.assertEqual(login_answer(self.port), "CONNECTED")       # anonymous, before
+        queue = f"/queue/np.upgrade.{uuid.uuid4().hex}"
+        answer, session = connect("127.0.0.1", self.port)
+        session.send_frame("SEND", {"destination": queue, "persistent": "true", "receipt": "r"},
+                           "kept through the upgrade")
+        self.assertEqual(session.read_frame()[0], "RECEIPT")
+        session.close()
+
+        proc = self.ensure()
+        self.assertIn("configured instance", proc.stderr)
+        self.assertNotEqual(self.pid(), old_pid)
+        self.assertEqual(login_answer(self.port), "ERROR")           # anonymous, after
+        self.assertFalse(accepts(openwire))
+        self.assertEqual(listening_ports(self.pid()), [self.port])
+        answer, session = connect("127.0.0.1", self.port, self.creds.user, self.creds.password)
+        try:
+            self.assertEqual(answer[0], "CONNECTED")
+            session.send_frame("SUBSCRIBE", {"id": "1", "destination": queue, "ack": "auto"})
+            command, _, body = session.read_frame()
+            self.assertEqual((command, body), ("MESSAGE", "kept through the upgrade"))
+        finally:
+            session.close()
+
+
+class NonRootTest(unittest.TestCase):
+    """Without root, `ensure` says in one line what is needed (no `Permission
+    denied` from a lock file), never the password, and exits 4."""
+
+    def setUp(self):
+        if os.geteuid() == 0 and not shutil.which("setpriv"):
+            self.skipTest("running as root and no setpriv to drop it")
+
+    def needs_root_line(self, creds=None, extra_env=None):
+        proc = script("ensure", port=broker_instance.free_port(), creds=creds,
+                      instance=f"nptest-absent-{os.getpid()}", prefix=as_nobody(),
+                      extra_env=extra_env)
+        self.assertEqual(proc.returncode, 4, proc.stderr)
+        self.assertEqual(proc.stdout, "")
+        self.assertEqual(proc.stderr.count("\n"), 1, proc.stderr)
+        self.assertNotIn("Permission denied", proc.stderr)
+        if creds:
+            self.assertNotIn(creds.password, proc.stderr)
+        return proc.stderr.rstrip("\n")
+
+    def test_without_credentials(self):
+        self.assertEqual(self.needs_root_line(),
+                         f"activemq: needs root for the one-time set-up: run sudo {SCRIPT} ensure")
+
+    def test_with_credentials_from_the_environment(self):
+        self.assertEqual(self.needs_root_line(credentials.generate()),
+                         "activemq: needs root for the one-time set-up: run sudo "
+                         f"--preserve-env=NP_BROKER_USER,NP_BROKER_PASSWORD {SCRIPT} ensure")
+
+    def test_with_credentials_from_a_data_directory(self):
+        line = self.needs_root_line(credentials.generate(), extra_env={
+            "NP_BROKER_CREDENTIALS_FILE": "/srv/np/data/broker.credentials"})
+        self.assertEqual(line, "activemq: needs root for the one-time set-up: run sudo "
+                               f"{SCRIPT} ensure /srv/np/data/broker.credentials")
+        self.assertFalse(os.path.exists(f"/etc/activemq/instances-available/nptest-absent-{os.getpid()}"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import threading
 import time
 import unittest
 
-from tests.support import PYTHON, ROOT, Conn, LoginServer, disturbs_broker, login_many, wait_for
+from tests.support import PYTHON, ROOT, Conn, LoginServer, disturbs_broker, login_many, own_broker, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
@@ -202,7 +202,6 @@ class AppServerCrashTest(unittest.TestCase):
 class BrokerRestartTest(unittest.TestCase):
     @disturbs_broker
     def test_no_acknowledged_send_is_lost_across_a_broker_restart(self):
-        subprocess.run([ACTIVEMQ, "ensure"], check=True, stdout=subprocess.DEVNULL)
         server = with_accounts(LoginServer("--idle-timeout", "600"), {"ann": "pw", "ben": "pw"}).start()
         self.addCleanup(server.cleanup)
         ben = Client(server.port)                 # the recipient: a real client, subscribed
@@ -234,7 +233,7 @@ class BrokerRestartTest(unittest.TestCase):
         t.start()
         try:
             self.assertTrue(wait_for(lambda: len(acked) >= 30, timeout=30))
-            subprocess.run([ACTIVEMQ, "restart"], check=True, stdout=subprocess.DEVNULL, timeout=120)
+            own_broker().restart()
             restarted.set()
             # the app server reconnects by itself: sends succeed again
             self.assertTrue(wait_for(lambda: len(after) >= 30, timeout=60), "no send succeeded after the restart")

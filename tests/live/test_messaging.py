@@ -2,13 +2,12 @@
 separate client processes, guessing subscribers, and broker restarts."""
 import collections
 import os
-import subprocess
 import unittest
 import uuid
 
 import stomp
 
-from tests.support import BROKER, ROOT, LoginServer, disturbs_broker, wait_for
+from tests.support import BROKER, ROOT, LoginServer, disturbs_broker, own_broker, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
@@ -39,10 +38,6 @@ def say_until(client, line, expected="Success!", timeout=20):
 
 @unittest.skipUnless(os.path.exists(ACTIVEMQ), "no broker setup script")
 class MessagingTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        subprocess.run([ACTIVEMQ, "ensure"], check=True, stdout=subprocess.DEVNULL)
-
     def setUp(self):
         self.server = LoginServer().start()
         self.clients = []
@@ -179,12 +174,12 @@ class MessagingTest(unittest.TestCase):
         self.assertEqual(one.say("send ann ben mark"), "Success!")   # ben's queue is all `two` listens on
         self.assertEqual(settled_chat(two, ["<<<ann->ben: mark>>>"]), ["<<<ann->ben: before>>>"])
         # broker down: a clear failure, nothing crashes
-        subprocess.run([ACTIVEMQ, "stop"], check=True, stdout=subprocess.DEVNULL)
+        own_broker().stop()
         try:
             self.assertEqual(one.say("send ann ben while down"), "Message service unavailable, try again later")
             self.assertEqual(one.say("list-friend ann"), "ben")   # the rest still works
         finally:
-            subprocess.run([ACTIVEMQ, "start"], check=True, stdout=subprocess.DEVNULL)
+            own_broker().start()
         # app servers and clients reconnect by themselves
         self.assertEqual(say_until(one, "send ann ben after", timeout=20), "Success!")
         wait_for(lambda: "<<<ann->ben: after>>>" in two.chat)
@@ -194,7 +189,7 @@ class MessagingTest(unittest.TestCase):
         two.close()
         self.clients.remove(two)
         self.assertEqual(one.say("send ann ben kept"), "Success!")
-        subprocess.run([ACTIVEMQ, "restart"], check=True, stdout=subprocess.DEVNULL)
+        own_broker().restart()
         three = self.client()
         self.assertEqual(three.say("login ben pw"), "Success!")     # same session, same queue
         # the marker goes in behind "kept" (ann's app server may still be reconnecting)

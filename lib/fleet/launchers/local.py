@@ -22,12 +22,13 @@ log = logging.getLogger("launcher.local")
 class LocalLauncher:
     name = "local"
 
-    def __init__(self, reactor, login_address, bind_host, broker=None, extra_args=()):
+    def __init__(self, reactor, login_address, bind_host, broker=None, extra_args=(), env=None):
         self.reactor = reactor
         self.login_address = login_address       # (host, port) of the internal listener
         self.bind_host = bind_host
         self.broker = broker
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})                # e.g. the broker credentials: secrets stay out of argv
         self.procs = {}                           # server id -> Popen
         self._watches = {}                        # server id -> stop watching
         self.on_exit = None                       # callback(server_id, reason), set by the wiring
@@ -40,7 +41,7 @@ class LocalLauncher:
         if self.broker:
             cmd += ["--broker", self.broker]
         cmd += self.extra_args
-        env = dict(os.environ, NP_JOIN_SECRET=secret)
+        env = dict(os.environ, **self.env, NP_JOIN_SECRET=secret)
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
         self.procs[server_id] = proc
         self._watches[server_id] = watch_exit(self.reactor, proc.pid, lambda: self._exited(server_id))
