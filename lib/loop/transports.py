@@ -1,6 +1,7 @@
 """Transports on the reactor: TCP streams framed in lines, and line input
 from a file descriptor (stdin); listeners are in lib/loop/listener.py. They
 only move bytes; what a line means is their owner's business."""
+import collections
 import math
 import os
 import stat
@@ -52,6 +53,7 @@ class LineConnection:
         self.inbuf = bytearray()
         self._scanned = 0            # leading bytes of inbuf known to hold no newline
         self.outbuf = bytearray()
+        self._marks = None           # deque of [unsent bytes ahead, on_sent] (see send)
         self.closed = False
         self.paused = False
         self.eof = False
@@ -240,11 +242,17 @@ class LineConnection:
         self.close()
 
     # -- output --------------------------------------------------------------
-    def send(self, data):
-        """Queue `data`; it leaves in this turn's output phase (after the commit)."""
+    def send(self, data, on_sent=None):
+        """Queue `data`; it leaves in this turn's output phase (after the commit).
+        `on_sent()` runs (in a later turn's input phase) once all of it is in
+        the socket; never if the connection closes first."""
         if self.closed:
             return
         self.outbuf += data
+        if on_sent is not None:
+            if self._marks is None:
+                self._marks = collections.deque()
+            self._marks.append([len(self.outbuf), on_sent])
         self.reactor.want_output(self._flush_cb)
 
     def close_after_flush(self):
@@ -262,6 +270,8 @@ class LineConnection:
             try:
                 sent = self.sock.send(self.outbuf)
                 del self.outbuf[:sent]
+                if self._marks:
+                    self._passed(sent)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -290,6 +300,14 @@ class LineConnection:
                 self.reactor.remove_writer(self.sock)
             if self._close_when_flushed:
                 self.close(notify_later=True)
+
+    def _passed(self, sent):
+        """`sent` more bytes are in the socket: call back the sends now wholly out."""
+        marks = self._marks
+        for mark in marks:
+            mark[0] -= sent
+        while marks and marks[0][0] <= 0:
+            self.reactor.call_soon(marks.popleft()[1])   # application code: not in this phase
 
     def close(self, notify_later=False):
         """Close now; `on_close` runs now, or next turn if `notify_later`."""

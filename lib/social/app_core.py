@@ -16,6 +16,12 @@ READY, held until the welcome while CONNECTING/HELLO_SENT (the login server
 may send a client here before it has welcomed us), refused with
 UNAVAILABLE once the link is REJECTED or CLOSED. When the link is lost,
 every held and relayed request is answered and the core asks to exit.
+
+Chat (lib/social/delivery.py): the login server's `attach`/`detach` and the
+`user`/`join` of its replies drive the broker subscriptions this server
+holds for its users and the lines it pushes to their connections. A
+create-group or join-group is answered once its topic subscription is
+confirmed.
 """
 import collections
 import enum
@@ -23,8 +29,10 @@ import logging
 from dataclasses import dataclass
 
 from lib.loop.timers import SetTimer, TimerFired  # noqa: F401  (shared timer values)
-from lib.social import applink
+from lib.social import applink, delivery
 from lib.social.applink import Input, State
+from lib.social.delivery import (  # noqa: F401  (the driver carries these out too)
+    Ack, AttachDone, JoinDone, Push, Subscribe, Unsubscribe)
 from lib.social.protocol import Request, fail
 
 log = logging.getLogger("app")
@@ -86,6 +94,33 @@ class Published:
     error: str = None
 
 
+@dataclass(frozen=True)
+class Subscribed:
+    """The broker's answer to `Subscribe(destination, ..., waiter)`."""
+    waiter: tuple
+    destination: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class BrokerMessage:
+    destination: str
+    body: str
+    headers: dict
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    up: bool
+
+
+@dataclass(frozen=True)
+class Written:
+    """The line of `Push(conn, line, token)` is in the socket."""
+    conn: object
+    token: object
+
+
 # -- actions (what the driver must do) -------------------------------------------------
 @dataclass(frozen=True)
 class Connect:
@@ -138,7 +173,7 @@ class Exit:
 class AppCore:
     """One application server: the link machine, held requests, publishes."""
 
-    def __init__(self, server_id, secret, host, port, broker=True, link=None):
+    def __init__(self, server_id, secret, host, port, broker=True, link=None, limits=None):
         """`host`/`port`: where clients reach us (sent in the hello);
         `broker`: False when there is no broker link (publishes then fail)."""
         self.id = server_id
@@ -147,6 +182,8 @@ class AppCore:
         self.early = []          # (conn, request) held until the welcome
         self.queues = {}         # conn with a request in progress -> requests waiting behind it
         self.publishing = {}     # conn -> its reply, until the broker's receipt
+        self.joining = {}        # conn -> its reply, until the topic subscription is confirmed
+        self.delivery = delivery.Delivery(limits)
         self.exited = False
 
     @property
@@ -180,6 +217,8 @@ class AppCore:
         return [SendLink(self.link.ping()), SetTimer(TimerKey.HEARTBEAT, applink.HEARTBEAT)]
 
     def _timer(self, event):
+        if type(event.key) is tuple:          # a delivery wait: (Wait, key)
+            return self._chat(self.delivery.timer(event.key))
         return _ON_TIMER[event.key](self)
 
     def _link_lost(self, event):
@@ -224,12 +263,59 @@ class AppCore:
         conn = message.tag
         reply = message.reply or fail(UNAVAILABLE)
         publish = message.publish
+        # The token's user is served here: this connection gets its messages
+        # (unless it closed meanwhile: its request left `queues` with it).
+        bind = message.user and conn in self.queues
+        actions = self._chat(self.delivery.bind(conn, message.user)) if bind else []
+        if message.join is not None and reply.get("status") == 0 and message.user:
+            if not self.broker:
+                return actions + self._finish(conn, reply)
+            self.joining[conn] = reply
+            return actions + self._chat(self.delivery.join(conn, message.user, *message.join))
         if publish is None or reply.get("status") != 0:
-            return self._finish(conn, reply)
+            return actions + self._finish(conn, reply)
         if not self.broker:
             return self._finish(conn, fail(BROKER_DOWN))
         self.publishing[conn] = reply
-        return [Publish(conn, publish.destination, publish.body, publish.persistent)]
+        return actions + [Publish(conn, publish.destination, publish.body, publish.persistent)]
+
+    def _attach(self, message):
+        if not self.broker:    # nothing to subscribe with: the login goes on without chat
+            return [SendLink(self.link.attached(message.id, False))]
+        return self._chat(self.delivery.attach(message.id, message.user, message.queue,
+                                               message.topics))
+
+    def _detach(self, message):
+        return self._chat(self.delivery.detach(message.user, message.drop))
+
+    # -- chat: what the delivery core asks for ------------------------------------------
+    def _chat(self, actions):
+        """Delivery's actions, with its answers turned into ours."""
+        out = []
+        for action in actions:
+            kind = type(action)
+            if kind is AttachDone:
+                if self.link.allows(Input.ATTACHED):
+                    out.append(SendLink(self.link.attached(action.id, action.ok)))
+            elif kind is JoinDone:
+                reply = self.joining.pop(action.conn, None)
+                if reply is not None:
+                    out += self._finish(action.conn, reply)
+            else:
+                out.append(action)
+        return out
+
+    def _subscribed(self, event):
+        return self._chat(self.delivery.subscribed(event.waiter, event.destination, event.ok))
+
+    def _broker_message(self, event):
+        return self._chat(self.delivery.message(event.destination, event.body, event.headers))
+
+    def _broker_state(self, event):
+        return self._chat(self.delivery.broker_state(event.up))
+
+    def _written(self, event):
+        return self._chat(self.delivery.written(event.conn, event.token))
 
     def _shutdown(self, message):
         log.info("%s: the login server ends the link", self.id)
@@ -281,9 +367,10 @@ class AppCore:
         # Its queued and held requests are dropped (a held request must not
         # run for a client that has gone); relayed ones and publishes finish.
         self.queues.pop(event.conn, None)
+        self.joining.pop(event.conn, None)
         if self.early:
             self.early = [(conn, req) for conn, req in self.early if conn is not event.conn]
-        return []
+        return self._chat(self.delivery.conn_closed(event.conn))
 
 
 _ON_EVENT = {
@@ -291,11 +378,14 @@ _ON_EVENT = {
     ConnectFailed: AppCore._connect_failed, LinkLine: AppCore._link_line,
     LinkLost: AppCore._link_lost, ClientRequest: AppCore._client_request,
     ClientClosed: AppCore._client_closed, Published: AppCore._published,
-    TimerFired: AppCore._timer,
+    TimerFired: AppCore._timer, Subscribed: AppCore._subscribed,
+    BrokerMessage: AppCore._broker_message, BrokerState: AppCore._broker_state,
+    Written: AppCore._written,
 }
 _ON_LINK = {
     applink.Welcome: AppCore._welcome, applink.Rejected: AppCore._rejected,
     applink.Reply: AppCore._reply, applink.Shutdown: AppCore._shutdown,
+    applink.Attach: AppCore._attach, applink.Detach: AppCore._detach,
 }
 _ON_TIMER = {
     TimerKey.HEARTBEAT: AppCore._heartbeat,

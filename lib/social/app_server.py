@@ -3,6 +3,7 @@ client listener, the link to the login server, the reactor's timers and the
 broker link. It only moves bytes; every decision is in lib/social/app_core.py.
 """
 import logging
+import os
 import socket
 
 from lib.loop.timers import TimerTable, timer_handlers
@@ -18,15 +19,23 @@ CONNECT_TIMEOUT = 5.0     # seconds for one connect attempt to the login server
 LINK_POOL = "login-link"  # its own worker, so a slow connect never holds the broker's
 
 
-def make_publisher(reactor, address):
-    """A started BrokerLink to `address`, or None without stomp.py (every
-    send then answers that the message service is unavailable)."""
+def make_broker_link(reactor, address, on_message, on_state):
+    """A started BrokerLink to `address` with the credentials of our
+    environment (NP_BROKER_USER/NP_BROKER_PASSWORD), or None without stomp.py
+    (every send then answers that the message service is unavailable)."""
     try:
         from lib.messaging import broker
-    except ImportError:
+    except ImportError:    # no stomp.py
+        return None
+    from lib.messaging import credentials
+    try:
+        login = credentials.from_env(os.environ)
+    except credentials.CredentialsError as e:
+        log.error("no broker link: %s", e)
         return None
     host, port = broker.parse_address(address)
-    link = broker.BrokerLink(reactor, host, port, name="appserver")
+    link = broker.BrokerLink(reactor, host, port, name="appserver", on_message=on_message,
+                             on_state=on_state, credentials=login)
     link.start()
     return link
 
@@ -53,9 +62,12 @@ class AppServer:
         self.front = RequestServer(reactor, host, port, self._request, conn_idle, limits=self.limits)
         self.address = self.front.address
         advertise = advertise if advertise is not None else self.address[0]
-        self.publisher = make_publisher(reactor, broker) if broker else None
+        self.publisher = make_broker_link(
+            reactor, broker, lambda destination, body, headers: self._handle(
+                core.BrokerMessage(destination, body, headers)),
+            lambda up: self._handle(core.BrokerState(up))) if broker else None
         self.core = core.AppCore(server_id, secret, advertise, self.address[1],
-                                 broker=self.publisher is not None)
+                                 broker=self.publisher is not None, limits=self.limits)
         self.timers = TimerTable(reactor, self._timer)
         self.link = None
         self.status = None
@@ -140,6 +152,22 @@ class AppServer:
         self.publisher.publish(action.destination, action.body, action.persistent,
                                lambda ok, error: self._handle(core.Published(conn, ok, error)))
 
+    def _subscribe(self, action):
+        waiter, destination = action.waiter, action.destination
+        self.publisher.subscribe(
+            destination, ack=action.ack, headers=action.headers,
+            done=lambda ok, error: self._handle(core.Subscribed(waiter, destination, ok)))
+
+    def _unsubscribe(self, action):
+        self.publisher.unsubscribe(action.destination)
+
+    def _ack(self, action):
+        self.publisher.ack(action.headers)
+
+    def _push(self, action):
+        conn, token = action.conn, action.token
+        conn.send(action.line, on_sent=lambda: self._handle(core.Written(conn, token)))
+
     def _exit(self, action):
         self.status = action.status
         self.reactor.stop()
@@ -150,4 +178,6 @@ _DO = {
     core.SendLink: AppServer._send_link, core.CloseLink: AppServer._close_link,
     core.Reply: AppServer._reply, core.Pause: AppServer._pause, core.Resume: AppServer._resume,
     core.Publish: AppServer._publish, core.Exit: AppServer._exit,
+    core.Subscribe: AppServer._subscribe, core.Unsubscribe: AppServer._unsubscribe,
+    core.Ack: AppServer._ack, core.Push: AppServer._push,
 }

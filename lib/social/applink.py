@@ -5,8 +5,18 @@ one JSON object per line over TCP (the login server's internal port).
   login -> app  {"op": "welcome"}  |  {"op": "rejected", "reason": R} (then closed)
   app -> login  {"op": "ping"}                       every HEARTBEAT seconds
   app -> login  {"op": "cmd", "id": N, "line": L}    one client request, verbatim
-  login -> app  {"op": "reply", "id": N, "reply": {...}, "publish": [dest, body, persistent] | null}
+  login -> app  {"op": "reply", "id": N, "reply": {...}, "publish": [dest, body, persistent] | null,
+                 "user": U (the token's user, bound to this server) | absent,
+                 "join": [group, topic] (create-group, join-group) | absent}
+  login -> app  {"op": "attach", "id": N, "user": U, "queue": Q, "topics": {group: topic}}
+  app -> login  {"op": "attached", "id": N, "ok": true|false}   once the broker confirmed
+  login -> app  {"op": "detach", "user": U, "drop": true|false}
   login -> app  {"op": "shutdown"}
+
+`attach` asks the app server to subscribe for a user it now serves (login,
+locate); the login server answers the client only after `attached`.
+`detach` ends that (logout, delete, expiry: `drop` the user's undelivered
+messages; a move: leave them to the broker, for the new app server).
 
 `encode`/`decode` are the codec of both ends. `AppLink` is the app server's
 end as a sans-I/O state machine (h11-style: nothing here touches a socket
@@ -108,10 +118,14 @@ class Input(enum.Enum):
     WELCOME = "welcome"           # remote inputs from here on
     REJECTED = "rejected"
     REPLY = "reply"
+    ATTACH = "attach"
+    DETACH = "detach"
     SHUTDOWN = "shutdown"
+    ATTACHED = "attached"         # local: the answer to an attach
 
 
-_REMOTE = {Input.WELCOME, Input.REJECTED, Input.REPLY, Input.SHUTDOWN}
+_REMOTE = {Input.WELCOME, Input.REJECTED, Input.REPLY, Input.ATTACH, Input.DETACH,
+           Input.SHUTDOWN}
 
 S, I = State, Input
 TRANSITIONS = {
@@ -127,6 +141,9 @@ TRANSITIONS = {
     (S.READY, I.PING): S.READY,
     (S.READY, I.REQUEST): S.READY,
     (S.READY, I.REPLY): S.READY,
+    (S.READY, I.ATTACH): S.READY,
+    (S.READY, I.DETACH): S.READY,
+    (S.READY, I.ATTACHED): S.READY,
     (S.READY, I.SHUTDOWN): S.CLOSED,
     (S.READY, I.LOST): S.CLOSED,
     (S.REJECTED, I.LOST): S.CLOSED,
@@ -159,11 +176,30 @@ class Publication:
 class Reply:
     """The answer to request `id`, sent for `tag` (given to `request`). `reply`
     is None when the login server sent nothing usable (the caller answers a
-    failure, so no client waits for ever)."""
+    failure, so no client waits for ever). `user`: the token's user when it
+    is served here (the connection is then bound to it); `join`:
+    (group, topic) to subscribe to before the reply leaves."""
     id: int
     reply: dict
     publish: Publication
     tag: object
+    user: str = None
+    join: tuple = None
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Subscribe for `user` (its `queue`, its groups' `topics`), then answer `id`."""
+    id: int
+    user: str
+    queue: str
+    topics: dict
+
+
+@dataclass(frozen=True)
+class Detach:
+    user: str
+    drop: bool
 
 
 @dataclass(frozen=True)
@@ -236,6 +272,11 @@ class AppLink:
         self.pending[rid] = tag
         return encode(op="cmd", id=rid, line=line)
 
+    def attached(self, attach_id, ok):
+        """The answer to `Attach(attach_id)`."""
+        self._step(Input.ATTACHED)
+        return encode(op="attached", id=attach_id, ok=bool(ok))
+
     def lost(self):
         """The connection is gone -> tags of the requests never answered."""
         self._step(Input.LOST)
@@ -275,14 +316,43 @@ class AppLink:
         reply = msg.get("reply")
         try:
             publish = _publication(msg.get("publish"))
+            join = _join(msg.get("join"))
         except ValueError:
-            reply, publish = None, None
-        return Reply(rid, reply if isinstance(reply, dict) and reply else None, publish, tag)
+            reply, publish, join = None, None, None
+        user = msg.get("user")
+        return Reply(rid, reply if isinstance(reply, dict) and reply else None, publish, tag,
+                     user if isinstance(user, str) else None, join)
+
+    def _attach(self, msg):
+        self._step(Input.ATTACH)
+        rid, user, queue, topics = (msg.get(k) for k in ("id", "user", "queue", "topics"))
+        if type(rid) is not int or not isinstance(user, str) or not isinstance(queue, str) \
+                or not isinstance(topics, dict) \
+                or not all(isinstance(v, str) for v in topics.values()):
+            raise RemoteError("malformed attach")
+        return Attach(rid, user, queue, topics)
+
+    def _detach(self, msg):
+        self._step(Input.DETACH)
+        user = msg.get("user")
+        if not isinstance(user, str):
+            raise RemoteError("malformed detach")
+        return Detach(user, bool(msg.get("drop")))
 
     def _shutdown(self, msg):
         self._step(Input.SHUTDOWN)
         return Shutdown(self._abandon())
 
 
+def _join(value):
+    """The wire's [group, topic] or null -> (group, topic) or None."""
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("malformed join")
+
+
 _RECEIVE = {"welcome": AppLink._welcome, "rejected": AppLink._rejected,
-            "reply": AppLink._reply, "shutdown": AppLink._shutdown}
+            "reply": AppLink._reply, "attach": AppLink._attach, "detach": AppLink._detach,
+            "shutdown": AppLink._shutdown}

@@ -6,7 +6,7 @@ handler never mutates it: it returns the reply and a list of *mutations*
 store journals exactly those tuples, so replaying the journal rebuilds the
 same State. Effects the store cannot do (assigning an app server, ending a
 session, publishing to the broker) are returned as `Outcome.effect`, one of
-the dataclasses `Assign`, `Release`, `Publish`, for the caller to complete.
+the dataclasses `Assign`, `Release`, `Publish`, `Join`, for the caller to complete.
 Randomness (tokens, destinations) comes in through `Context` so tests are
 deterministic.
 """
@@ -116,11 +116,20 @@ class Publish:
     persistent: bool
 
 
+@dataclass(frozen=True)
+class Join:
+    """`user` became a member of `group`: its app server subscribes to the
+    group's `topic` before the reply leaves (create-group, join-group)."""
+    user: str
+    group: str
+    topic: str
+
+
 @dataclass
 class Outcome:
     reply: dict
     mutations: list = field(default_factory=list)
-    effect: object = None     # Assign | Release | Publish | None
+    effect: object = None     # Assign | Release | Publish | Join | None
 
 
 # -- mutations: the only code that changes a State ------------------------------
@@ -240,15 +249,22 @@ def finish_login(state, name, matched, ctx, known_token=None):
     user = state.users.get(name)
     if not matched or user is None:
         return Outcome(fail("No such user or password error"))
-    topics = {g: state.groups[g].topic for g in user.joined}
     session = user.session
     if session and known_token:
-        return Outcome(ok(token=known_token, queue=session.queue, topics=topics),
-                       effect=Assign(name))
+        return Outcome(ok(token=known_token), effect=Assign(name))
     token = ctx.new_token()
     queue = session.queue if session else ctx.new_queue()
-    return Outcome(ok(token=token, queue=queue, topics=topics),
-                   [("login", name, token_digest(token), queue)], effect=Assign(name))
+    return Outcome(ok(token=token), [("login", name, token_digest(token), queue)],
+                   effect=Assign(name))
+
+
+def subscriptions(state, name):
+    """(personal queue, {group: topic}) an app server subscribes to for the
+    logged-in user `name` (docs/protocol.md §10); None if not logged in."""
+    user = state.users.get(name)
+    if user is None or user.session is None:
+        return None
+    return user.session.queue, {g: state.groups[g].topic for g in user.joined}
 
 
 # -- token commands ---------------------------------------------------------------
@@ -325,7 +341,7 @@ def _create_group(state, me, args, ctx):
     if group in state.groups:
         return Outcome(fail(f"{group} already exist"))
     topic = ctx.new_topic()
-    return Outcome(ok(topics={group: topic}), [("create_group", group, me, topic)])
+    return Outcome(ok(), [("create_group", group, me, topic)], effect=Join(me, group, topic))
 
 
 def _list_group(state, me, args, ctx):
@@ -342,7 +358,7 @@ def _join_group(state, me, args, ctx):
         return Outcome(fail(f"{args[0]} does not exist"))
     if me in group.members:
         return Outcome(fail(f"Already a member of {group.name}"))
-    return Outcome(ok(topics={group.name: group.topic}), [("join_group", group.name, me)])
+    return Outcome(ok(), [("join_group", group.name, me)], effect=Join(me, group.name, group.topic))
 
 
 def _send_group(state, me, args, ctx):
@@ -357,12 +373,18 @@ def _send_group(state, me, args, ctx):
     return Outcome(ok(), effect=Publish(group.topic, body, False))
 
 
+def _listen(state, me, args, ctx):
+    # The app server binds the connection to `me` when it sees the reply.
+    return Outcome(ok("Listening"))
+
+
 HANDLERS = {
     "logout": _logout, "delete": _delete, "locate": _locate,
     "invite": _invite, "list-invite": _list_invite, "accept-invite": _accept_invite,
     "list-friend": _list_friend, "post": _post, "receive-post": _receive_post,
     "send": _send, "create-group": _create_group, "list-group": _list_group,
     "list-joined": _list_joined, "join-group": _join_group, "send-group": _send_group,
+    "listen": _listen,
 }
 
 

@@ -35,6 +35,15 @@ LIMITS = (
           "stop reading a connection while this much of its output is unsent"),
     Limit("max_output", 16 * MIB, int, "BYTES",
           "close a client connection with this much output unsent (a peer that never reads)"),
+    # -- chat delivery (app servers) --------------------------------------------------------------
+    Limit("subscribe_timeout", 5.0, float, "S",
+          "seconds the broker gets to confirm a user's subscriptions; login, create-group and "
+          "join-group answer after at most that"),
+    Limit("prefetch", 1000, int, "N",
+          "personal messages the broker hands an app server per user before they are acked"),
+    Limit("max_held_group", 1000, int, "N",
+          "group messages an app server holds per user whose client has not listened yet "
+          "(the oldest are dropped)"),
     # -- the internal port ----------------------------------------------------------------------
     Limit("hello_line_max", 4 * KIB, int, "BYTES", "longest line before an app server's hello"),
     Limit("max_pending_links", 16, int, "N", "app-server links that have not said hello, at once"),
@@ -48,7 +57,8 @@ Limits = flags.values("Limits", LIMITS, "The values in force, one attribute per 
 # The limits an application server enforces itself (its client connections);
 # the login server passes its values on when it launches one.
 APP_SERVER = frozenset({"max_conns_per_address", "first_request_timeout", "pipeline_lines",
-                        "max_unsent", "max_output"})
+                        "max_unsent", "max_output", "subscribe_timeout", "prefetch",
+                        "max_held_group"})
 
 
 def add_arguments(parser, only=None):

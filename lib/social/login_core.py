@@ -26,12 +26,13 @@ Each client connection and link has a state; `_TABLE` lists the legal
 import enum
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 from dataclasses import dataclass
 
 from lib.social import applink, commands, protocol
-from lib.social.commands import Assign, Publish, Release
+from lib.social.commands import Assign, Join, Publish, Release
 from lib.social.fairness import IdleSessions, TokenBuckets
 from lib.social.protocol import Server, fail
 from lib.social.login_events import (  # noqa: F401  (re-exported for the driver and tests)
@@ -51,6 +52,7 @@ class Phase(enum.Enum):
     HASHING = "hashing"         # register: waiting for Hashed
     VERIFYING = "verifying"     # login: waiting for Verified
     ASSIGNING = "assigning"     # login, locate: waiting for Assigned
+    ATTACHING = "attaching"     # login, locate: waiting for the app server's `attached`
 
 
 class LinkState(enum.Enum):
@@ -79,11 +81,11 @@ class _Link:
 
 
 class LoginCore:
-    def __init__(self, store, dummy, broker="127.0.0.1:61613", ctx=None, key=None):
+    def __init__(self, store, dummy, ctx=None, key=None):
         """`store`: `.state` and `.record(mutations)` (lib/social/store.py);
         `dummy`: a hashed record, verified when the user does not exist so a
         wrong id costs the same time as a wrong password."""
-        self.store, self.dummy, self.broker = store, dummy, broker
+        self.store, self.dummy = store, dummy
         self.ctx = ctx or commands.Context()
         limits = self.ctx.limits
         self.attempts = {"register": TokenBuckets(limits.signups_per_minute),
@@ -96,6 +98,9 @@ class LoginCore:
         self.registering = set()    # names being hashed right now
         self.waiting = {}           # conn -> _Waiting
         self.links = {}             # link -> _Link
+        self.link_of = {}           # the fleet's server handle -> its link (READY links)
+        self.attaching = {}         # attach id -> (conn, link): a reply waits for `attached`
+        self._attach_ids = itertools.count(1)
         self._key = key or os.urandom(32)
 
     def handle(self, event):
@@ -145,9 +150,28 @@ class LoginCore:
 
     def _end_session(self, user):
         self.tokens.pop(user, None)
-        self.assigned.pop(user, None)
+        server = self.assigned.pop(user, None)
         self.idle.forget(user)
-        return [FleetRelease(user)]
+        # Its app server stops subscribing for it and drops what it holds.
+        return [FleetRelease(user)] + self._detach(user, server, drop=True)
+
+    def _detach(self, user, server, drop):
+        link = self.link_of.get(server) if server is not None else None
+        if link is None:
+            return []
+        return [SendLink(link, {"op": "detach", "user": user, "drop": drop})]
+
+    def _attach(self, user, server):
+        """-> (attach id, the SendLink asking `server` to subscribe for
+        `user`), or None (not logged in, or no link to that server)."""
+        link = self.link_of.get(server)
+        subs = commands.subscriptions(self.store.state, user)
+        if link is None or subs is None:
+            return None
+        rid = next(self._attach_ids)
+        queue, topics = subs
+        return rid, SendLink(link, {"op": "attach", "id": rid, "user": user,
+                                    "queue": queue, "topics": topics})
 
     # -- client requests -------------------------------------------------------------
     def _request(self, ev):
@@ -257,13 +281,40 @@ class LoginCore:
             reply = self._finish_login(w.name)
             if reply["status"] != 0:   # deleted meanwhile: give the slot back
                 actions.append(FleetRelease(w.name))
-        if reply["status"] == 0:
-            reply["app_server"], reply["broker"] = ev.app_server, self.broker
-            # From now on the user's token works there only (see _relay).
-            self.assigned[w.name] = ev.server
-            self.idle.touch(w.name, self.now)
-        actions.append(Reply(ev.conn, reply))
-        return actions
+        if reply["status"] != 0:
+            return actions + [Reply(ev.conn, reply)]
+        reply["app_server"] = ev.app_server
+        # From now on the user's token works there only (see _relay); a
+        # server it leaves stops subscribing for it.
+        old = self.assigned.get(w.name)
+        self.assigned[w.name] = ev.server
+        self.idle.touch(w.name, self.now)
+        if old is not None and old != ev.server:
+            actions += self._detach(w.name, old, drop=False)
+        # The reply waits until the app server's subscriptions are confirmed,
+        # so a message sent after it always arrives (docs/protocol.md §10).
+        attach = self._attach(w.name, ev.server)
+        if attach is None:
+            return actions + [Reply(ev.conn, reply)]
+        rid, send = attach
+        self.waiting[ev.conn] = _Waiting(Phase.ATTACHING, w.name, reply=reply)
+        self.attaching[rid] = (ev.conn, send.link)
+        return actions + [send]
+
+    def _attached(self, link, msg):
+        rid = msg.get("id")
+        # Only an int id (true and 1.0 hash like 1; a list does not hash) of an
+        # attach sent on this link: another app server cannot answer for it.
+        conn, sent_on = self.attaching.get(rid, (None, None)) if type(rid) is int else (None, None)
+        if conn is None or sent_on != link:
+            return []   # an attach nobody waits for (adoption), or a repeated id
+        del self.attaching[rid]
+        if not msg.get("ok"):
+            # Login still succeeds: the app server keeps trying to subscribe,
+            # and the broker keeps personal messages until it does.
+            log.warning("app server could not confirm the subscriptions of %s",
+                        self.waiting[conn].name)
+        return [Reply(conn, self.waiting.pop(conn).reply)]
 
     def _finish_login(self, name):
         # Decided only once the app server is ready: the state may have
@@ -304,6 +355,7 @@ class LoginCore:
             return self._reject(ev.link)
         link = self.links[ev.link]
         link.state, link.server = LinkState.READY, ev.server
+        self.link_of[ev.server] = ev.link
         return [SendLink(ev.link, {"op": "welcome"})]
 
     def _reject(self, link):
@@ -339,20 +391,31 @@ class LoginCore:
             return [FleetAdopt(link, server, me, msg)]
         if bound and self.assigned[me] != server:
             return self._answer(link, msg, commands.Outcome(fail(WRONG_SERVER)))
-        return self._answer(link, msg, commands.handle_relayed(self.store.state, request, self.ctx, me=me))
+        outcome = commands.handle_relayed(self.store.state, request, self.ctx, me=me)
+        return self._answer(link, msg, outcome, me if bound else None)
 
     def _adopted(self, ev):
         if not ev.ok:
             return self._answer(ev.link, ev.msg, commands.Outcome(fail(WRONG_SERVER)))
-        self.assigned[ev.user] = self.links[ev.link].server
-        return self._relay(ev.link, ev.msg)
+        server = self.links[ev.link].server
+        self.assigned[ev.user] = server
+        # Its subscriptions go ahead of the reply on the link (nobody waits).
+        attach = self._attach(ev.user, server)
+        return ([attach[1]] if attach else []) + self._relay(ev.link, ev.msg)
 
-    def _answer(self, link, msg, outcome):
+    def _answer(self, link, msg, outcome, user=None):
+        """The reply line; `user`: the token's user, served by this app server
+        (it binds the client's connection to that user, for pushes)."""
         self.store.record(outcome.mutations)
+        message = {"op": "reply", "id": msg.get("id"), "reply": outcome.reply, "publish": None}
         e = outcome.effect   # send, send-group: the app server publishes, then replies
-        publish = [e.destination, e.body, e.persistent] if isinstance(e, Publish) else None
-        return [SendLink(link, {"op": "reply", "id": msg.get("id"), "reply": outcome.reply,
-                                "publish": publish})]
+        if type(e) is Publish:
+            message["publish"] = [e.destination, e.body, e.persistent]
+        elif type(e) is Join:   # create-group, join-group: it subscribes, then replies
+            message["join"] = [e.group, e.topic]
+        if user is not None:
+            message["user"] = user
+        return [SendLink(link, message)]
 
     def _app_user(self, request):
         """(the token's user or None, whether that user must be on this app
@@ -372,7 +435,16 @@ class LoginCore:
     def _link_closed(self, ev):
         link = self.links.pop(ev.link)
         if link.state is LinkState.READY:
-            return [FleetLost(link.server, "link closed")]
+            if self.link_of.get(link.server) is ev.link:
+                del self.link_of[link.server]
+            # Logins waiting for this server's `attached` are answered now;
+            # the client's next command finds the user a new server.
+            actions = []
+            for rid, (conn, waited_on) in list(self.attaching.items()):
+                if waited_on is ev.link:
+                    del self.attaching[rid]
+                    actions.append(Reply(conn, self.waiting.pop(conn).reply))
+            return actions + [FleetLost(link.server, "link closed")]
         if link.state is LinkState.HELLO:
             return [StopHelloTimer(ev.link)]
         return []
@@ -399,7 +471,8 @@ def _decode(data):
 _TWO_PHASE = {"register": LoginCore._register, "login": LoginCore._login}
 _ON_EFFECT = {type(None): LoginCore._just_reply, Release: LoginCore._release,
               Assign: LoginCore._assign}
-_LINK_OPS = {"cmd": LoginCore._relay, "ping": LoginCore._nothing}   # ping: the heartbeat is noted
+_LINK_OPS = {"cmd": LoginCore._relay, "attached": LoginCore._attached,
+             "ping": LoginCore._nothing}   # ping: the heartbeat is noted
 
 # The legal (event, state) pairs; any other raises IllegalEvent.
 _TABLE = {

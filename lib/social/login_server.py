@@ -27,16 +27,14 @@ TICK = 1.0      # seconds between the core's Tick events (idle sessions)
 
 
 class LoginServer:
-    def __init__(self, reactor, store, fleet=None, broker="127.0.0.1:61613", ctx=None,
-                 conn_idle=300.0, limits=None):
+    def __init__(self, reactor, store, fleet=None, ctx=None, conn_idle=300.0, limits=None):
         """`fleet` may be set later (it needs the internal address to launch)."""
         self.reactor, self.fleet, self.conn_idle = reactor, fleet, conn_idle
         self.limits = limits or Limits()
         # Verified when the user does not exist, so a wrong id costs the same
         # time as a wrong password (no user enumeration by timing).
         dummy = passwords.hash_password("np-social-dummy-password")
-        self.core = core.LoginCore(store, dummy, broker=broker,
-                                   ctx=ctx or commands.Context(self.limits))
+        self.core = core.LoginCore(store, dummy, ctx=ctx or commands.Context(self.limits))
         self.timers = TimerTable(reactor, lambda link: self._feed(core.HelloTimedOut(link)))
         # Password checks wait here, fairly, so that no more are on the worker
         # pool than it has threads (a flood cannot queue ahead of others there).

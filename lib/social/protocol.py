@@ -57,6 +57,9 @@ COMMANDS = {c.name: c for c in (
     _cmd("list-joined", A, 0, "Usage: list-joined <user>"),
     _cmd("join-group", A, 1, "Usage: join-group <user> <group>"),
     _cmd("send-group", A, (2, None), "Usage: send-group <user> <group> <message>"),
+    # Our extension: this connection wants the user's messages pushed to it
+    # (the client sends it to the app server right after login).
+    _cmd("listen", A, 0, "Usage: listen <user>"),
     # Our extension: where is my application server? (used by the client to
     # find a new app server after the old one died; answered by the login server)
     _cmd("locate", L, 0, "Usage: locate <user>"),
@@ -170,6 +173,20 @@ def render_chat(body):
     return f"<<<{sender}->{shown(msg['to'])}: {message}>>>"
 
 
+def is_push(obj):
+    """Is this line from an app server a push (never a reply: no `status`)?"""
+    return isinstance(obj, dict) and "push" in obj and "status" not in obj
+
+
+def render_push(obj):
+    """The chat line the client prints for a push object (as render_chat);
+    KeyError for a push without `from`, `to` or `message`."""
+    sender, message = shown(obj["from"]), shown(obj["message"])
+    if obj.get("group") is not None:
+        return f"<<<{sender}->GROUP<{shown(obj['group'])}>: {message}>>>"
+    return f"<<<{sender}->{shown(obj['to'])}: {message}>>>"
+
+
 # What others wrote is printed with these as visible escapes, so it cannot
 # move the cursor, clear the screen or hide text: control characters (C0,
 # DEL, C1: category Cc), format characters (Cf: zero-width, bidi), line and
@@ -203,6 +220,18 @@ def chat_body(sender, message, to=None, group=None, recipients=()):
     message once for each of them logged in there, and for nobody else."""
     return json.dumps({"from": sender, "to": to, "group": group, "message": message,
                        "recipients": list(recipients)}, ensure_ascii=False)
+
+
+def push_line(message_id, to, chat):
+    """The line an app server pushes to `to`'s connection for the broker
+    message `chat` (a chat_body, decoded) with id `message_id`: a JSON
+    object with "push" and no "status", so the client tells it from replies.
+    KeyError/AttributeError if `chat` is not a chat body."""
+    push = {"push": "message", "id": message_id, "to": to,
+            "from": chat["from"], "message": chat["message"]}
+    if chat.get("group") is not None:
+        push["group"] = chat["group"]
+    return (json.dumps(push, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def chat_recipients(body):

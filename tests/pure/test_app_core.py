@@ -234,7 +234,8 @@ class OrderTest(CoreTestCase):
 class TablesTest(unittest.TestCase):
     def test_every_event_state_and_timer_has_a_handler(self):
         events = {core.Start, core.LinkConnected, core.ConnectFailed, core.LinkLine, core.LinkLost,
-                  core.ClientRequest, core.ClientClosed, core.Published, core.TimerFired}
+                  core.ClientRequest, core.ClientClosed, core.Published, core.TimerFired,
+                  core.Subscribed, core.BrokerMessage, core.BrokerState, core.Written}
         self.assertEqual(set(core._ON_EVENT), events)
         self.assertEqual(set(core._DISPATCH), set(State))
         self.assertEqual(set(core._ON_TIMER), set(TimerKey))

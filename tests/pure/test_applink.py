@@ -65,8 +65,12 @@ APPLY = {
     Input.REJECTED: lambda link: link.receive(line(op="rejected", reason="no")),
     Input.REPLY: lambda link: link.receive(line(op="reply", id=1, reply={"status": 0}, publish=None)),
     Input.SHUTDOWN: lambda link: link.receive(line(op="shutdown")),
+    Input.ATTACH: lambda link: link.receive(line(op="attach", id=3, user="u", queue="/queue/q",
+                                                 topics={"g": "/topic/t"})),
+    Input.DETACH: lambda link: link.receive(line(op="detach", user="u", drop=True)),
+    Input.ATTACHED: lambda link: link.attached(3, True),
 }
-REMOTE = {Input.WELCOME, Input.REJECTED, Input.REPLY, Input.SHUTDOWN}
+REMOTE = {Input.WELCOME, Input.REJECTED, Input.REPLY, Input.ATTACH, Input.DETACH, Input.SHUTDOWN}
 
 
 class TransitionTableTest(unittest.TestCase):

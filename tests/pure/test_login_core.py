@@ -42,7 +42,7 @@ class CoreTest(unittest.TestCase):
 
     def new_core(self):
         """A login server process; a second one on the same store is a restart."""
-        return lc.LoginCore(self.store, DUMMY, broker=BROKER, ctx=self.ctx, key=b"k" * 32)
+        return lc.LoginCore(self.store, DUMMY, ctx=self.ctx, key=b"k" * 32)
 
     def ask(self, conn, line):
         return self.core.handle(ClientRequest(conn, request(line)))
@@ -57,7 +57,13 @@ class CoreTest(unittest.TestCase):
         if actions and isinstance(actions[0], Verify):
             actions = self.core.handle(Verified(conn, actions[0].stored == f"H({password})"))
         self.assertEqual(actions, [FleetAssign(conn, name)])
-        [reply] = self.core.handle(Assigned(conn, APP, server=server))
+        actions = self.core.handle(Assigned(conn, APP, server=server))
+        attach = [a for a in actions if isinstance(a, SendLink) and a.msg["op"] == "attach"]
+        if attach:   # the server has a link: the reply waits for its `attached`
+            self.assertEqual([a for a in actions if isinstance(a, Reply)], [])
+            line = applink.encode(op="attached", id=attach[0].msg["id"], ok=True)
+            actions = self.core.handle(LinkLine(attach[0].link, line.rstrip(b"\n")))
+        [reply] = [a for a in actions if isinstance(a, Reply)]
         return reply.reply
 
 
@@ -110,8 +116,7 @@ class LoginTest(CoreTest):
         [reply] = self.core.handle(Assigned("c", APP))
         token = self.core.tokens["alice"]
         self.assertEqual(reply, Reply("c", {
-            "status": 0, "token": token, "queue": "/queue/q2", "topics": {},
-            "app_server": APP, "broker": BROKER, "message": "Success!"}))
+            "status": 0, "token": token, "app_server": APP, "message": "Success!"}))
         self.assertEqual(self.store.state.user_for_token(token), "alice")
         self.assertEqual(self.store.recorded[-1],
                          ("login", "alice", commands.token_digest(token), "/queue/q2"))
@@ -153,7 +158,7 @@ class LoginTest(CoreTest):
         self.core.handle(Verified("c", True))
         [rotated] = self.core.handle(Assigned("c", APP))
         self.assertNotEqual(rotated.reply["token"], first["token"])
-        self.assertEqual(rotated.reply["queue"], first["queue"])
+        self.assertEqual(self.store.state.users["alice"].session.queue, "/queue/q2")   # kept
         self.assertIsNone(self.store.state.user_for_token(first["token"]))
         self.assertEqual(self.login("alice", conn="c2"), rotated.reply)   # then it is kept
 
@@ -198,7 +203,7 @@ class SessionTest(CoreTest):
     def test_locate(self):
         self.assertEqual(self.ask("c", f"locate {self.token}"), [FleetAssign("c", "alice")])
         self.assertEqual(self.core.handle(Assigned("c", "10.0.0.6:7002")), [Reply("c", {
-            "status": 0, "app_server": "10.0.0.6:7002", "broker": BROKER,
+            "status": 0, "app_server": "10.0.0.6:7002",
             "message": "Your application server is ready"})])
         self.ask("c", f"locate {self.token}")
         self.assertEqual(self.core.handle(Assigned("c", None, "The login server is shutting down")),
@@ -299,12 +304,12 @@ class LinkTest(CoreTest):
         queue = self.store.state.users["bob"].session.queue
         body = protocol.chat_body("alice", "hi there", to="bob", recipients=["bob"])
         self.assertEqual(send.msg, {"op": "reply", "id": 9, "reply": {"status": 0, "message": "Success!"},
-                                    "publish": [queue, body, True]})
+                                    "publish": [queue, body, True], "user": "alice"})
         # the wire stays byte for byte what the app servers read
         self.assertEqual(applink.encode(**send.msg),
                          b'{"op":"reply","id":9,"reply":{"status":0,"message":"Success!"},"publish":'
                          + json.dumps([queue, body, True], ensure_ascii=False,
-                                      separators=(",", ":")).encode() + b"}\n")
+                                      separators=(",", ":")).encode() + b',"user":"alice"}\n')
         self.assertIsNone(self.cmd(f"list-friend {ta}").msg["publish"])
 
     def test_relay_refusals(self):
@@ -317,6 +322,100 @@ class LinkTest(CoreTest):
                 self.assertEqual(self.cmd(line).msg["reply"], {"status": 1, "message": message})
         missing = self.core.handle(LinkLine("L", b'{"op":"cmd","id":3}'))
         self.assertEqual(missing[1].msg["reply"], {"status": 1, "message": "Bad request"})
+
+
+class AttachedTest(CoreTest):
+    """A login (or a locate) is answered once its app server has subscribed
+    for the user (`attached`), however that ends."""
+    HELLO, welcome, cmd = LinkTest.HELLO, LinkTest.welcome, LinkTest.cmd
+
+    def setUp(self):
+        super().setUp()
+        self.register("alice")
+        self.welcome()
+
+    def second_link(self, link="M", server="server-2"):
+        self.core.handle(LinkOpened(link, ("127.0.0.1", 5001)))
+        self.core.handle(LinkLine(link, self.HELLO))
+        self.core.handle(FleetRegistered(link, server))
+
+    def start_login(self, conn="c", server=SERVER):
+        """login alice, assigned to `server` -> the actions (the attach, no reply)."""
+        actions = self.ask(conn, "login alice pw")
+        if isinstance(actions[0], Verify):
+            actions = self.core.handle(Verified(conn, True))
+        self.assertEqual(actions, [FleetAssign(conn, "alice")])
+        actions = self.core.handle(Assigned(conn, APP, server=server))
+        self.assertEqual([a for a in actions if isinstance(a, Reply)], [])
+        return actions
+
+    def attached(self, rid, ok=True, link="L"):
+        line = json.dumps({"op": "attached", "id": rid, "ok": ok}).encode()
+        return self.core.handle(LinkLine(link, line))
+
+    def test_the_attach_names_the_queue_and_the_groups_and_the_reply_waits(self):
+        token = self.login("alice")["token"]
+        self.cmd(f"create-group {token} g1")
+        [attach] = self.start_login("c2")
+        state = self.store.state
+        self.assertEqual(attach, SendLink("L", {
+            "op": "attach", "id": attach.msg["id"], "user": "alice",
+            "queue": state.users["alice"].session.queue, "topics": {"g1": state.groups["g1"].topic}}))
+        self.assertEqual(self.attached(attach.msg["id"]), [FleetHeartbeat(SERVER), Reply("c2", {
+            "status": 0, "token": token, "app_server": APP, "message": "Success!"})])
+        self.assertEqual(self.attached(attach.msg["id"]), [FleetHeartbeat(SERVER)])   # answered once
+
+    def test_not_ok_still_answers(self):
+        [attach] = self.start_login()
+        with self.assertLogs("login", "WARNING") as logs:
+            [_, reply] = self.attached(attach.msg["id"], ok=False)
+        self.assertIn("could not confirm the subscriptions of alice", logs.output[0])
+        self.assertEqual((reply.conn, reply.reply["status"], reply.reply["message"]),
+                         ("c", 0, "Success!"))
+
+    def test_a_link_closed_while_a_login_waits_answers_it(self):
+        self.second_link()
+        self.start_login("c1")
+        self.start_login("c2", server="server-2")   # waits on the other link
+        actions = self.core.handle(LinkClosed("L"))
+        self.assertEqual([(type(a), getattr(a, "conn", None)) for a in actions],
+                         [(Reply, "c1"), (FleetLost, None)])
+        self.assertEqual(actions[0].reply["status"], 0)
+        self.assertEqual(self.core.waiting["c2"].phase, lc.Phase.ATTACHING)
+
+    def test_unknown_or_malformed_ids_and_other_links_answers_are_ignored(self):
+        self.second_link()
+        [attach] = self.start_login()
+        rid = attach.msg["id"]
+        for bad in (rid + 1, str(rid), [rid], {"id": rid}, None, True, float(rid)):
+            with self.subTest(id=bad):
+                self.assertEqual(self.attached(bad), [FleetHeartbeat(SERVER)])
+        # an app server answers only for its own attaches
+        self.assertEqual(self.attached(rid, link="M"), [FleetHeartbeat("server-2")])
+        [_, reply] = self.attached(rid)
+        self.assertEqual(reply.conn, "c")
+
+    def test_a_move_detaches_the_old_server_and_waits_for_the_new(self):
+        self.second_link()
+        token = self.login("alice")["token"]
+        self.assertEqual(self.ask("c", f"locate {token}"), [FleetAssign("c", "alice")])
+        detach, attach = self.core.handle(Assigned("c", "10.0.0.6:7002", server="server-2"))
+        self.assertEqual(detach, SendLink("L", {"op": "detach", "user": "alice", "drop": False}))
+        self.assertEqual((attach.link, attach.msg["op"]), ("M", "attach"))
+        [_, reply] = self.attached(attach.msg["id"], link="M")
+        self.assertEqual(reply, Reply("c", {"status": 0, "app_server": "10.0.0.6:7002",
+                                            "message": "Your application server is ready"}))
+
+    def test_logout_and_delete_detach_and_drop(self):
+        for line in ("logout", "delete"):
+            with self.subTest(line=line):
+                token = self.login("alice")["token"]
+                actions = self.ask("c", f"{line} {token}")
+                self.assertEqual(actions[:2], [
+                    FleetRelease("alice"),
+                    SendLink("L", {"op": "detach", "user": "alice", "drop": True})])
+                self.assertEqual(type(actions[2]), Reply)
+        self.register("alice")             # deleted: a new account
 
 
 class IllegalEventTest(CoreTest):

@@ -8,7 +8,7 @@ from lib.social.limits import Limits
 from lib.social.login_core import (
     TOO_MANY, WRONG_SERVER, Adopted, Assigned, CheckRefused, ClientRequest, FleetAdopt, FleetAssign,
     FleetRegistered, FleetRelease, Hash, Hashed, IllegalEvent, LinkLine, LinkOpened, Reply, Tick,
-    Verified, Verify)
+    SendLink, Verified, Verify)
 from tests.pure.test_login_core import APP, SERVER, CoreTest, MemoryStore, request
 from tests.pure.test_social import FixedContext
 
@@ -16,6 +16,11 @@ OTHER = "server-2"      # another app server's handle (its link: "M")
 APP2 = "10.0.0.6:7002"
 BUSY = {"status": 1, "message": TOO_MANY}
 ELSEWHERE = {"status": 1, "message": WRONG_SERVER}
+
+
+def detach(user, link="L"):
+    """The login server tells the user's app server to stop subscribing for it."""
+    return SendLink(link, {"op": "detach", "user": user, "drop": True})
 
 
 class LimitsTest(CoreTest):
@@ -177,23 +182,23 @@ class SessionExpiryTest(LimitsTest):
         self.assertEqual(self.core.handle(Tick(60.0)), [])
         self.relay("L", f"list-friend {self.alice}")            # alice is active at 60
         self.assertEqual(self.core.handle(Tick(99.9)), [])
-        self.assertEqual(self.core.handle(Tick(100.0)), [FleetRelease("bob")])
+        self.assertEqual(self.core.handle(Tick(100.0)), [FleetRelease("bob"), detach("bob")])
         self.assertEqual(self.store.recorded[-1], ("logout", "bob"))
         self.assertIsNone(self.store.state.user_for_token(self.bob))
         self.assertNotIn("bob", self.core.tokens)
         self.assertNotIn("bob", self.core.assigned)
         self.assertEqual(self.relay("L", f"list-friend {self.bob}"), {"status": 1, "message": "Not login yet"})
         self.assertEqual(self.core.handle(Tick(159.9)), [])
-        self.assertEqual(self.core.handle(Tick(160.0)), [FleetRelease("alice")])
+        self.assertEqual(self.core.handle(Tick(160.0)), [FleetRelease("alice"), detach("alice")])
         # the password is still known: logging in again needs no scrypt
         self.assertEqual(self.at(161.0, "a", "login alice pw"), [FleetAssign("a", "alice")])
 
     def test_requests_to_the_login_server_count_too(self):
         self.assertEqual(self.at(90.0, "a", f"list-friend {self.alice}")[0].reply["message"],
                          "Send list-friend to your application server")
-        self.assertEqual(self.core.handle(Tick(150.0)), [FleetRelease("bob")])
+        self.assertEqual(self.core.handle(Tick(150.0)), [FleetRelease("bob"), detach("bob")])
         self.assertEqual(self.core.handle(Tick(189.0)), [])
-        self.assertEqual(self.core.handle(Tick(190.0)), [FleetRelease("alice")])
+        self.assertEqual(self.core.handle(Tick(190.0)), [FleetRelease("alice"), detach("alice")])
 
     def test_ended_sessions_do_not_expire_again(self):
         self.at(10.0, "a", f"logout {self.alice}")

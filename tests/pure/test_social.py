@@ -208,8 +208,9 @@ class PriorityTest(unittest.TestCase):
         self.assertEqual(out.effect.destination, w.state.groups["g1"].topic)
         self.assertIs(out.effect.persistent, False)    # topics are not durable anyway
         self.assertEqual(protocol.render_chat(out.effect.body), "<<<bob->GROUP<g1>: hi all>>>")
-        # the destination comes with the reply, never derived from the name
-        self.assertEqual(w.run("join-group {carol} g0").reply["topics"], {"g0": w.state.groups["g0"].topic})
+        # the destination goes to the app server (never to the client), never derived from the name
+        self.assertEqual(w.run("join-group {carol} g0").effect,
+                         commands.Join("carol", "g0", w.state.groups["g0"].topic))
         self.assertNotIn("g0", w.state.groups["g0"].topic)
 
     def test_logout_and_delete(self):
@@ -247,7 +248,8 @@ class PriorityTest(unittest.TestCase):
         first = w.login("alice")
         again = w.login("alice")
         self.assertEqual(first["token"], again["token"])
-        self.assertEqual(first["queue"], again["queue"])
+        self.assertNotIn("queue", again)      # broker destinations are servers' business
+        self.assertEqual(commands.subscriptions(w.state, "alice"), (w.state.users["alice"].session.queue, {}))
         self.assertEqual(commands.finish_login(w.state, "alice", True, w.ctx, first["token"]).effect,
                          commands.Assign("alice"))
         locate = w.run("locate {alice}", Server.LOGIN)
@@ -255,9 +257,10 @@ class PriorityTest(unittest.TestCase):
                          ({"status": 0, "message": "Your application server is ready"},
                           commands.Assign("alice"), []))
         # after a restart the plaintext token is gone: a new one, same queue
+        queue = w.state.users["alice"].session.queue
         rotated = w.apply(commands.finish_login(w.state, "alice", True, w.ctx, known_token=None)).reply
         self.assertNotEqual(rotated["token"], first["token"])
-        self.assertEqual(rotated["queue"], first["queue"])
+        self.assertEqual(w.state.users["alice"].session.queue, queue)
         self.assertIsNone(w.state.user_for_token(first["token"]))
         self.assertEqual(w.state.user_for_token(rotated["token"]), "alice")
 
