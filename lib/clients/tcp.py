@@ -1,9 +1,10 @@
 """The TCP social client: `./client HOST PORT < testcase > output`.
 
 `TcpClient` is the driver around `ClientMachine` (tcp_machine.py): it turns
-stdin, its TCP connections, timers and the broker link into events, and runs
+stdin, its TCP connections and timers into events, and runs
 the actions the machine returns. It decides nothing: connecting without
-blocking the loop and moving bytes is all it does.
+blocking the loop and moving bytes is all it does. At a terminal, lines come
+from the line editor (terminal.py) and are printed above the line being typed.
 """
 import collections
 import errno
@@ -12,10 +13,12 @@ import os
 import socket
 import sys
 
+from lib import flags
 from lib.clients.tcp_events import (
-    ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, EndOfInput, Print,
-    ReplyLine, Send, StartBroker, Stop, Subscribe, Subscribed, TimerFired, Typed, Unsubscribe)
-from lib.clients.tcp_machine import ClientMachine
+    Close, Closed, Connect, ConnectFailed, Connected, EndOfInput, Print, ReplyLine, Send, Stop,
+    TimerFired, Typed)
+from lib.clients.tcp_machine import LISTEN_TIMEOUT, ClientMachine
+from lib.clients.tcp_routing import REMEMBER_PUSHES
 from lib.loop.reactor import Reactor
 from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineConnection, LineReader
@@ -24,8 +27,12 @@ from lib.social import protocol
 log = logging.getLogger("client")
 
 RESOLVER = "resolve"          # worker pool for host names (DNS may block)
-DEFAULT_BROKER = "127.0.0.1:61613"
 _IN_PROGRESS = (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR)
+# Exit statuses (client.py's --help and the README list them; 2 is a usage error).
+EXIT_OK, EXIT_OUTPUT, EXIT_UNREACHABLE = 0, 1, 3
+EXITS = {EXIT_OK: "every request was answered",
+         EXIT_OUTPUT: "stdout was closed",
+         EXIT_UNREACHABLE: "`Error: cannot reach the server at HOST:PORT` was printed (at least once)"}
 
 
 class _Connector:
@@ -111,29 +118,39 @@ class _Connector:
 
 
 class TcpClient:
-    """Runs a ClientMachine on one reactor over stdin, TCP and the broker."""
+    """Runs a ClientMachine on one reactor over stdin and TCP."""
 
-    def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0):
+    def __init__(self, host, port, out=sys.stdout, linger=0.5, stdin_fd=0,
+                 listen_timeout=LISTEN_TIMEOUT, remember_pushes=REMEMBER_PUSHES, terminal=None):
         self.reactor = Reactor(workers=1)
         self.reactor.add_pool(RESOLVER, 1)
-        self.machine = ClientMachine((host, port), linger=linger)
+        self.machine = ClientMachine((host, port), linger=linger, listen_timeout=listen_timeout,
+                                     remember_pushes=remember_pushes)
         self.timers = TimerTable(self.reactor, lambda key: self.feed(TimerFired(key)))
         self.out = out
         self.stdin_fd = stdin_fd
+        self.make_terminal = terminal   # terminal.factory(): stdin is a terminal
+        self.terminal = None
         self.conns = {}           # address -> _Connector, then LineConnection
-        self.broker = None
         self.exit_code = 0
         self._events = collections.deque()
         self._feeding = False
 
     def run(self):
-        LineReader(self.reactor, self.stdin_fd, lambda line: self.feed(Typed(line)),
-                   lambda: self.feed(EndOfInput()))
-        self.reactor.run()
+        on_line, on_eof = lambda line: self.feed(Typed(line)), lambda: self.feed(EndOfInput())
+        if self.make_terminal is not None:
+            self.terminal = self.make_terminal(self.reactor, on_line, on_eof)
+        else:
+            LineReader(self.reactor, self.stdin_fd, on_line, on_eof)
+        try:
+            self.reactor.run()
+        finally:
+            if self.terminal is not None:
+                self.terminal.close()     # the terminal back as it was, even after Ctrl-C
         for address in list(self.conns):
             self._close(Close(address))
-        if self.broker:
-            self.broker.close()
+        if self.machine.unreachable:
+            self.exit_code = self.exit_code or EXIT_UNREACHABLE
         return self.exit_code
 
     def feed(self, event):
@@ -197,57 +214,44 @@ class TcpClient:
     # -- output, timers, the end ------------------------------------------------------------
     def _print(self, action):
         try:
-            self.out.write("".join(line + "\n" for line in action.lines))
-            self.out.flush()
-        except (BrokenPipeError, ValueError):
-            self.exit_code = 1    # nobody reads our output any more
+            if self.terminal is not None:
+                self.terminal.write(action.lines)   # above the line being typed
+            else:
+                self.out.write("".join(line + "\n" for line in action.lines))
+                self.out.flush()
+        except (OSError, ValueError):   # BrokenPipe; EIO: the terminal is gone
+            self.exit_code = EXIT_OUTPUT    # nobody reads our output any more
             self.reactor.stop()
 
     def _stop(self, action):
         self.exit_code = self.exit_code or action.exit_code
         self.reactor.stop()
 
-    # -- broker ----------------------------------------------------------------------------
-    def _start_broker(self, action):
-        try:
-            from lib.messaging import broker
-        except ImportError:       # no stomp.py: no chat, every subscription fails
-            return
-        host, port = broker.parse_address(action.address or DEFAULT_BROKER)
-        self.broker = broker.BrokerLink(self.reactor, host, port, name="client",
-                                        on_message=lambda dest, body, headers:
-                                        self.feed(ChatMessage(dest, body)))
-        self.broker.start()
-
-    def _subscribe(self, action):
-        if self.broker is None:
-            self.feed(Subscribed(False, "no broker link"))
-            return
-        self.broker.subscribe(action.destination, done=lambda ok, error: self.feed(Subscribed(ok, error)))
-
-    def _unsubscribe(self, action):
-        if self.broker:
-            self.broker.unsubscribe(action.destination)
-
 
 _DO = {
     Connect: TcpClient._connect, Send: TcpClient._send, Close: TcpClient._close,
     Print: TcpClient._print, **timer_handlers(),
-    Stop: TcpClient._stop, StartBroker: TcpClient._start_broker, Subscribe: TcpClient._subscribe,
-    Unsubscribe: TcpClient._unsubscribe,
+    Stop: TcpClient._stop,
 }
 
 
-def main(argv):
-    import argparse
-    parser = argparse.ArgumentParser(prog="client", description="np-social client: reads commands "
-                                     "from stdin, prints replies (see README).")
-    parser.add_argument("host")
-    parser.add_argument("port", type=int)
-    parser.add_argument("--linger", type=float, default=0.5,
-                        help="seconds to wait for chat messages at end of input (default 0.5)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s client %(levelname)s %(message)s")
-    return TcpClient(args.host, args.port, linger=args.linger).run()
+def add_options(group):
+    """The TCP client's own options; client.py's parser holds them (and
+    refuses them with --udp). Returns their argparse actions."""
+    return [
+        group.add_argument("--linger", type=flags.number(float, zero_ok=True), default=0.5, metavar="S",
+                           help="seconds to wait for chat messages at end of input (default 0.5)"),
+        group.add_argument("--listen-timeout", type=flags.number(float), default=LISTEN_TIMEOUT,
+                           metavar="S", help="seconds a login waits for its app server's `listen` "
+                           f"reply before the next line (default {LISTEN_TIMEOUT:g})"),
+        group.add_argument("--remember-pushes", type=flags.number(int), default=REMEMBER_PUSHES,
+                           metavar="N", help="chat messages remembered (by id and user) so a "
+                           f"redelivered one is not printed twice (default {REMEMBER_PUSHES})"),
+    ]
+
+
+def run(args, terminal=None):
+    """The client on client.py's parsed `args` (host, port, add_options' names);
+    `terminal`: the line editor's factory when stdin is a terminal. -> exit status."""
+    return TcpClient(args.host, args.port, linger=args.linger, listen_timeout=args.listen_timeout,
+                     remember_pushes=args.remember_pushes, terminal=terminal).run()

@@ -33,6 +33,7 @@ class ConnectFailed:
 
 @dataclass(frozen=True)
 class ReplyLine:
+    """A line from a server: the reply awaited on that connection, or a push."""
     address: tuple
     raw: bytes
 
@@ -40,18 +41,6 @@ class ReplyLine:
 @dataclass(frozen=True)
 class Closed:
     address: tuple
-
-
-@dataclass(frozen=True)
-class Subscribed:
-    ok: bool
-    error: str = None
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    destination: str
-    body: str
 
 
 # -- actions out ---------------------------------------------------------------------------
@@ -78,21 +67,6 @@ class Print:
 
 
 @dataclass(frozen=True)
-class StartBroker:
-    address: str                  # "host:port" from the login reply, or None (the default)
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    destination: str              # answered by one Subscribed event
-
-
-@dataclass(frozen=True)
-class Unsubscribe:
-    destination: str
-
-
-@dataclass(frozen=True)
 class Stop:
     exit_code: int
 
@@ -101,16 +75,10 @@ class Stop:
 class Timer(enum.Enum):
     REPLY = "reply"                   # the request on its way
     RELOCATE = "relocate"             # RELOCATE_WAIT: time to ask locate again
-    SUBSCRIPTIONS = "subscriptions"   # WAITING_SUBSCRIPTIONS: go on without the broker's word
+    LISTEN = "listen"                 # LISTENING: go on without the app server's word
     LINGER = "linger"                 # LINGERING: time to stop
 
 
 @dataclass(frozen=True)
 class ConnectTimeout:
     address: tuple
-
-
-@dataclass(frozen=True)
-class Drain:
-    user: str
-    destination: str

@@ -2,21 +2,30 @@
 
 One user request at a time, in input order (PROTOCOL.md §2, §5):
 
-    IDLE --typed line--> WAITING_REPLY --reply--> IDLE, or WAITING_SUBSCRIPTIONS --> IDLE
+    IDLE --typed line--> WAITING_REPLY --reply--> IDLE
+    WAITING_REPLY, RETRYING --login: Success!--> LISTENING --reply, failure, 2 s--> IDLE (silently)
     WAITING_REPLY --login server: closed, refused, timed out--> RETRYING (sent once more)
     WAITING_REPLY --app server: the same, or `Not your application server`--> RELOCATING
     RELOCATING --new server named (or the refusing one, which now agrees)--> RETRYING
     RELOCATING --the dead server named again--> RELOCATE_WAIT --0.25 s--> RELOCATING
     RETRYING, RELOCATING --fail--> "Error: cannot reach the server at A" --> IDLE
-    IDLE --exit, end of input--> LINGERING --linger--> DONE (at once: no subscriptions)
+    IDLE --exit, end of input--> LINGERING --linger--> DONE (at once: nobody logged in)
+    any state but DONE --push line--> the same state (its chat line printed)
 
 A request whose user has no known app server starts in RELOCATING; one
 located that way is a first attempt (WAITING_REPLY). Each request gets one
 retry: a connection the login server had closed, or a move to the user's
-new app server. A state change the table does not list raises
+new app server. After a login the client sends `listen TOKEN` to the user's
+app server on its own and waits for the reply (never printed) before the
+next line: from then on that connection carries the user's chat as push
+lines. A listen that fails is not retried (the user's next request binds
+their connection too). A state change the table does not list raises
 `IllegalTransition`; an event a state does not expect raises `IllegalEvent`.
 Connections (CONNECTING -> OPEN -> gone) are tracked by address beside the
-states; time comes in only as `TimerFired`.
+states, and stay open: pushes come on them. A push line may come on any
+connection at any time, a reply awaited there included; it is printed (once
+per message and user logged in here) and never taken for the reply. Time
+comes in only as `TimerFired`.
 """
 import collections
 import enum
@@ -25,10 +34,9 @@ import logging
 from dataclasses import dataclass
 
 from lib.clients.tcp_events import (
-    CancelTimer, ChatMessage, Close, Closed, Connect, ConnectFailed, Connected, ConnectTimeout,
-    Drain, EndOfInput, Print, ReplyLine, Send, SetTimer, StartBroker, Stop, Subscribe, Subscribed,
-    Timer, TimerFired, Typed, Unsubscribe)
-from lib.clients.tcp_routing import EXIT, LOGIN_SERVER, ClientCore, Step, chat_lines
+    CancelTimer, Close, Closed, Connect, ConnectFailed, Connected, ConnectTimeout, EndOfInput, Print,
+    ReplyLine, Send, SetTimer, Stop, Timer, TimerFired, Typed)
+from lib.clients.tcp_routing import EXIT, LOGIN_SERVER, REMEMBER_PUSHES, ClientCore, Step
 from lib.loop.address import format_address
 from lib.social import protocol
 from lib.social.login_events import WRONG_SERVER
@@ -38,8 +46,7 @@ log = logging.getLogger("client")
 REPLY_TIMEOUT = 30.0
 LAUNCH_TIMEOUT = 300.0        # login/locate may wait for an app server to boot
 CONNECT_TIMEOUT = 5.0
-DRAIN = 0.5                   # seconds a logged-out user's subscriptions stay
-SUBSCRIBE_TIMEOUT = 2.0       # wait for the broker's confirmation before the next command
+LISTEN_TIMEOUT = 2.0          # wait for the listen reply (connect included) before the next line
 RELOCATE_DELAY, RELOCATE_TRIES = 0.25, 40   # locate naming the dead server again: retry for 10 s
 NO_REPLY = "Error: no reply from server"
 UNREADABLE = "Error: unreadable reply from server"
@@ -52,25 +59,26 @@ class State(enum.Enum):
     RETRYING = "retrying"             # its second attempt; a failure now is reported
     RELOCATING = "relocating"         # a locate on behalf of the request: where is the app server?
     RELOCATE_WAIT = "relocate wait"   # locate named the dead server again: ask again soon
-    WAITING_SUBSCRIPTIONS = "waiting subscriptions"   # broker confirmations before the next line
-    LINGERING = "lingering"           # input over; chat may still arrive
+    LISTENING = "listening"           # a login's `listen` on its way; no request
+    LINGERING = "lingering"           # input over; pushes may still arrive
     DONE = "done"                     # Stop sent; nothing more happens
 
 
-IDLE, WAITING_REPLY, RETRYING, RELOCATING, RELOCATE_WAIT, WAITING_SUBSCRIPTIONS, LINGERING, DONE = State
-ON_THE_WIRE = (WAITING_REPLY, RETRYING, RELOCATING)    # the states that have an exchange
-SERVING = (*ON_THE_WIRE, RELOCATE_WAIT)                # the states that have a request
-BUSY = (*SERVING, WAITING_SUBSCRIPTIONS)               # typed lines wait their turn
-ENDED = (IDLE, WAITING_SUBSCRIPTIONS)                  # where a finished request leads
+IDLE, WAITING_REPLY, RETRYING, RELOCATING, RELOCATE_WAIT, LISTENING, LINGERING, DONE = State
+REQUEST_WIRE = (WAITING_REPLY, RETRYING, RELOCATING)   # a request's line (or its locate) on its way
+SERVING = (*REQUEST_WIRE, RELOCATE_WAIT)               # the states that have a request
+ON_THE_WIRE = (*REQUEST_WIRE, LISTENING)               # the states that have an exchange
+BUSY = (*SERVING, LISTENING)                           # typed lines wait their turn
 
 TRANSITIONS = {
     # IDLE -> IDLE: a request over before it started (no token left to locate with)
     IDLE: {WAITING_REPLY, RELOCATING, LINGERING, DONE, IDLE},
-    WAITING_REPLY: {RETRYING, RELOCATING, *ENDED},
-    RETRYING: {*ENDED},
-    RELOCATING: {WAITING_REPLY, RETRYING, RELOCATE_WAIT, *ENDED},
-    RELOCATE_WAIT: {RELOCATING, *ENDED},
-    WAITING_SUBSCRIPTIONS: {IDLE},
+    # only a login's reply leads to LISTENING; a login goes to the login server, never relocates
+    WAITING_REPLY: {RETRYING, RELOCATING, IDLE, LISTENING},
+    RETRYING: {IDLE, LISTENING},
+    RELOCATING: {WAITING_REPLY, RETRYING, RELOCATE_WAIT, IDLE},
+    RELOCATE_WAIT: {RELOCATING, IDLE},
+    LISTENING: {IDLE},
     LINGERING: {DONE},
     DONE: set(),
 }
@@ -100,30 +108,31 @@ class Request:
 
 @dataclass
 class Exchange:
-    """One line on its way to one server (the request itself, or a locate)."""
+    """One line on its way to one server (the request itself, a locate, a listen)."""
     address: tuple
     step: Step
-    timeout: float
+    timer: Timer = Timer.REPLY    # REPLY: set when sent; LISTEN: set at the start (connect included)
+    timeout: float = REPLY_TIMEOUT
     sent: bool = False            # False while the connection is being made
+    armed: bool = False           # its timer is running
 
 
 class ClientMachine:
     """Feed events with `feed(event)`; run the actions it returns, in order."""
 
-    def __init__(self, login_address, linger=0.5):
+    def __init__(self, login_address, linger=0.5, listen_timeout=LISTEN_TIMEOUT,
+                 remember_pushes=REMEMBER_PUSHES):
         self.login_address = tuple(login_address)
         self.linger = linger
-        self.core = ClientCore()
+        self.listen_timeout = listen_timeout
+        self.core = ClientCore(remember_pushes)
         self.state = IDLE
         self.lines = collections.deque()   # typed, not yet started
         self.eof = False
         self.request = None       # Request, in every state between IDLE and its end
         self.exchange = None      # Exchange, exactly in ON_THE_WIRE
         self.conns = {}           # address -> ConnState
-        self.subs = {}            # destination -> set of local users subscribed
-        self.draining = set()     # (user, destination) pairs dropped after DRAIN
-        self.unconfirmed = 0      # subscriptions the broker has not confirmed yet
-        self.broker_started = False
+        self.unreachable = False  # an `Error: cannot reach the server` line was printed
 
     def feed(self, event):
         """One event -> the list of actions it causes."""
@@ -172,10 +181,10 @@ class ClientMachine:
         return actions
 
     def _finish(self):
-        if not self.subs or self.linger <= 0:
-            self._goto(DONE)
+        if not self.core.logins or self.linger <= 0:
+            self._goto(DONE)      # nobody here to print a push for
             return [Stop(0)]
-        self._goto(LINGERING)     # let in-flight chat messages (and drains) arrive
+        self._goto(LINGERING)     # let pushes in flight arrive
         return [SetTimer(Timer.LINGER, self.linger)]
 
     def _stop(self, key):
@@ -204,7 +213,11 @@ class ClientMachine:
     def _exchange(self, state, address, step):
         self._goto(state)
         timeout = LAUNCH_TIMEOUT if step.name in ("login", "locate") else REPLY_TIMEOUT
-        self.exchange = Exchange(address, step, timeout)
+        self.exchange = Exchange(address, step, timeout=timeout)
+        return self._open_and_send()
+
+    def _open_and_send(self):
+        address = self.exchange.address
         conn = self.conns.get(address)
         if conn is ConnState.OPEN:
             return self._transmit()
@@ -216,7 +229,15 @@ class ClientMachine:
     def _transmit(self):
         ex = self.exchange
         ex.sent = True
-        return [Send(ex.address, ex.step.wire), SetTimer(Timer.REPLY, ex.timeout)]
+        actions = [Send(ex.address, ex.step.wire)]
+        if ex.timer is Timer.REPLY:
+            ex.armed = True
+            actions.append(SetTimer(Timer.REPLY, ex.timeout))
+        return actions
+
+    @staticmethod
+    def _disarm(ex):
+        return [CancelTimer(ex.timer)] if ex.armed else []
 
     def _first_reply(self, step, reply):
         """WAITING_REPLY: `Not your application server` (the fleet moved the user)
@@ -229,8 +250,7 @@ class ClientMachine:
     def _replied(self, step, reply):
         """WAITING_REPLY / RETRYING: the request's answer."""
         out = self.core.on_reply(step, reply)
-        return self._print(out.lines) + self._resubscribe(out.add, out.drop, reply.get("broker")) \
-            + self._request_done()
+        return self._print(out.lines) + self._request_done(out.listen)
 
     def _located(self, locate, reply):
         """RELOCATING: the login server says where the user's app server is."""
@@ -239,8 +259,7 @@ class ClientMachine:
         address = self.core.app_of(step.target)
         if reply.get("status") != 0 or address is None:
             # e.g. Not login yet: the user must log in again
-            return self._print(out.lines) + self._resubscribe(out.add, out.drop, None) \
-                + self._request_done()
+            return self._print(out.lines) + self._request_done()
         if address == request.dead and request.relocations < RELOCATE_TRIES:
             # The login server has not noticed the death yet (it learns of
             # it within ms, or by the heartbeat timeout): ask again.
@@ -260,16 +279,46 @@ class ClientMachine:
         return self._relocate()
 
     def _unreachable(self, address):
+        self.unreachable = True
         line = f"Error: cannot reach the server at {format_address(*address)}"
         return [Print((line,))] + self._request_done()
 
-    def _request_done(self):
-        """Topics are not durable: the next command (say, a send-group) waits
-        until the broker has confirmed our new subscriptions, or 2 s."""
+    def _request_done(self, listen=None):
         self.request = None
-        if self.unconfirmed:
-            self._goto(WAITING_SUBSCRIPTIONS)
-            return [SetTimer(Timer.SUBSCRIPTIONS, SUBSCRIBE_TIMEOUT)]
+        if listen is not None:
+            return self._listen(listen)
+        self._goto(IDLE)
+        return self._next()
+
+    # -- listen --------------------------------------------------------------------------------
+    def _listen(self, step):
+        """After a login: bind the user's app-server connection to them, so
+        the next line (say, a send to them from here) finds it bound."""
+        self._goto(LISTENING)
+        self.exchange = Exchange(self.core.app_of(step.target), step, Timer.LISTEN,
+                                 self.listen_timeout, armed=True)
+        return [SetTimer(Timer.LISTEN, self.listen_timeout)] + self._open_and_send()
+
+    def _listened(self, step, reply):
+        if reply.get("status") != 0:
+            log.warning("listen for %s: %s", step.user, reply.get("message"))
+        return self._listen_over()
+
+    def _listen_failed(self, address):
+        log.warning("listen: %s unreachable; chat waits for the user's next request",
+                    format_address(*address))
+        return self._listen_over()
+
+    def _listen_timeout(self, key):
+        ex, self.exchange = self.exchange, None
+        log.warning("listen for %s: no reply in %g s; going on", ex.step.user, self.listen_timeout)
+        actions = []
+        if ex.sent:               # its late reply would be taken for the next request's
+            self.conns.pop(ex.address, None)
+            actions.append(Close(ex.address))
+        return actions + self._listen_over()
+
+    def _listen_over(self):
         self._goto(IDLE)
         return self._next()
 
@@ -311,70 +360,19 @@ class ClientMachine:
         """A connection failed: fatal to the exchange on it, if any."""
         if not self._on_wire(address):
             return []
-        actions = [CancelTimer(Timer.REPLY)] if self.exchange.sent else []
-        self.exchange = None
-        return actions + _ON_FAILURE[self.state](self, address)
+        ex, self.exchange = self.exchange, None
+        return self._disarm(ex) + _ON_FAILURE[self.state](self, address)
 
-    def _reply_line(self, event):
+    def _line(self, event):
+        """A line from a server: a push (printed, whatever is awaited), or the reply awaited."""
+        obj = _decode(event.raw)
+        if protocol.is_push(obj):
+            return self._print(self.core.on_push(obj))
         if not self._on_wire(event.address, sent=True):
             log.debug("unexpected line from %s ignored", event.address)
             return []
-        step, self.exchange = self.exchange.step, None
-        return [CancelTimer(Timer.REPLY)] + _ON_REPLY[self.state](self, step, _decode(event.raw))
-
-    # -- subscriptions -----------------------------------------------------------------------
-    def _resubscribe(self, add, drop, broker):
-        """Messages sent while a user was online may still be in flight when
-        the logout reply arrives (broker dispatch is slower than our request
-        loop): drops take effect after DRAIN seconds, unless re-added."""
-        actions = []
-        for user, dest in add:
-            if (user, dest) in self.draining:
-                self.draining.discard((user, dest))
-                actions.append(CancelTimer(Drain(user, dest)))
-        for user, dest in drop:
-            if (user, dest) in add:
-                continue          # logged in again while logged in: the same destinations stay
-            self.draining.add((user, dest))
-            actions.append(SetTimer(Drain(user, dest), DRAIN))
-        if add and not self.broker_started:
-            self.broker_started = True
-            actions.append(StartBroker(broker))
-        for user, dest in add:
-            users = self.subs.setdefault(dest, set())
-            if not users:
-                self.unconfirmed += 1
-                actions.append(Subscribe(dest))
-            users.add(user)
-        return actions
-
-    def _drained(self, key):
-        self.draining.discard((key.user, key.destination))
-        users = self.subs.get(key.destination)
-        if users is not None:
-            users.discard(key.user)
-            if not users:
-                del self.subs[key.destination]
-                return [Unsubscribe(key.destination)]
-        return []
-
-    def _subscribed(self, event):
-        self.unconfirmed = max(0, self.unconfirmed - 1)
-        if not event.ok:
-            log.warning("subscription failed: %s", event.error)
-        if self.unconfirmed or self.state is not WAITING_SUBSCRIPTIONS:
-            return []
-        self._goto(IDLE)
-        return [CancelTimer(Timer.SUBSCRIPTIONS)] + self._next()
-
-    def _subscriptions_timeout(self, key):
-        log.warning("broker did not confirm subscriptions; going on")
-        self.unconfirmed = 0
-        self._goto(IDLE)
-        return self._next()
-
-    def _chat(self, event):
-        return self._print(chat_lines(self.subs, event.destination, event.body))
+        ex, self.exchange = self.exchange, None
+        return self._disarm(ex) + _ON_REPLY[self.state](self, ex.step, obj)
 
     # -- timers ------------------------------------------------------------------------------
     def _timer(self, event):
@@ -410,16 +408,18 @@ _ON_EVENT = {
 # Events that may come in any state; their handlers look at the state.
 _IN_ANY_STATE = {
     Connected: M._connected, ConnectFailed: M._connect_failed, Closed: M._closed,
-    ReplyLine: M._reply_line, TimerFired: M._timer, Subscribed: M._subscribed, ChatMessage: M._chat,
+    ReplyLine: M._line, TimerFired: M._timer,
 }
 # The answer to the line on the wire, and its loss, by state.
-_ON_REPLY = {WAITING_REPLY: M._first_reply, RETRYING: M._replied, RELOCATING: M._located}
-_ON_FAILURE = {WAITING_REPLY: M._first_failure, RETRYING: M._unreachable, RELOCATING: M._unreachable}
-# Timers: per connection or subscription in any state; the others by state.
-_ON_KEYED_TIMER = {ConnectTimeout: M._connect_timeout, Drain: M._drained}
+_ON_REPLY = {WAITING_REPLY: M._first_reply, RETRYING: M._replied, RELOCATING: M._located,
+             LISTENING: M._listened}
+_ON_FAILURE = {WAITING_REPLY: M._first_failure, RETRYING: M._unreachable, RELOCATING: M._unreachable,
+               LISTENING: M._listen_failed}
+# Timers: per connection in any state; the others by state.
+_ON_KEYED_TIMER = {ConnectTimeout: M._connect_timeout}
 _ON_TIMER = {
-    **{(state, Timer.REPLY): M._reply_timeout for state in ON_THE_WIRE},
+    **{(state, Timer.REPLY): M._reply_timeout for state in REQUEST_WIRE},
     (RELOCATE_WAIT, Timer.RELOCATE): M._relocate,
-    (WAITING_SUBSCRIPTIONS, Timer.SUBSCRIPTIONS): M._subscriptions_timeout,
+    (LISTENING, Timer.LISTEN): M._listen_timeout,
     (LINGERING, Timer.LINGER): M._stop,
 }

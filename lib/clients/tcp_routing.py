@@ -1,31 +1,30 @@
 """What the TCP client knows of its users, and nothing of sockets or time.
 
-`ClientCore` keeps a token per user, turns a typed line into a `Step` (the
-wire request and where it goes, PROTOCOL.md §2) and a reply into the lines
-to print and the broker destinations to add or drop (§5). `chat_lines` is
-what a message from the broker prints. The client's state machine
-(tcp_machine.py) uses both.
+`ClientCore` keeps a token and an app server per logged-in user, turns a
+typed line into a `Step` (the wire request and where it goes, PROTOCOL.md
+§2), a reply into the lines to print and the `listen` a login needs (§5),
+and a push from an app server into its chat line, once per (id, user).
+The client's state machine (tcp_machine.py) uses it.
 """
-from dataclasses import dataclass, field
-from typing import NamedTuple
+import collections
+import logging
+from dataclasses import dataclass
 
 from lib.loop.address import parse_address
 from lib.social import protocol
 from lib.social.protocol import COMMANDS, Server
 
+log = logging.getLogger("client")
+
 LOGIN_SERVER = "login"        # Step.target for the login server; else a user name (their app server)
 EXIT = object()               # route(): the exact line `exit`
+REMEMBER_PUSHES = 100_000     # (id, user) pairs printed that a repeat is checked against
 
 
 @dataclass
 class Login:
     token: str
     app: tuple = None             # (host, port) of this user's application server
-    queue: str = None
-    topics: dict = field(default_factory=dict)   # group -> broker destination
-
-    def destinations(self):
-        return ([self.queue] if self.queue else []) + list(self.topics.values())
 
 
 @dataclass
@@ -38,16 +37,19 @@ class Step:
     with_token: bool = False
 
 
-class Outcome(NamedTuple):
-    """What one reply means to the client; destinations as (user, destination)."""
+@dataclass
+class Outcome:
+    """What one reply means to the client."""
     lines: list
-    add: list
-    drop: list
+    listen: Step = None           # a login's `listen`, to its app server, before the next line
 
 
 class ClientCore:
-    def __init__(self):
+    def __init__(self, remember_pushes=REMEMBER_PUSHES):
         self.logins = {}          # user -> Login
+        self.remember = remember_pushes
+        self.printed = set()      # (id, user) of the pushes printed, the last `remember` of them
+        self.printed_order = collections.deque()
 
     def route(self, line):
         """A typed line -> Step, EXIT, or None (blank)."""
@@ -74,44 +76,49 @@ class ClientCore:
         return login.app if login else None
 
     def on_reply(self, step, reply):
-        """-> Outcome: lines to print, destinations to subscribe and to drop."""
-        out = Outcome(protocol.render(reply), [], [])
-        ok = reply.get("status") == 0
+        """-> Outcome: the lines to print, and a login's `listen`. The
+        `broker`, `queue` and `topics` fields of older servers are ignored."""
+        out = Outcome(protocol.render(reply))
         login = self.logins.get(step.user) if step.user else None
-        if ok and step.name in _ON_SUCCESS:
+        if reply.get("status") == 0 and step.name in _ON_SUCCESS:
             _ON_SUCCESS[step.name](self, step, reply, login, out)
         elif step.with_token and login and reply.get("message") == protocol.NOT_LOGIN:
             # The server no longer knows this token (deleted elsewhere): forget it.
-            self._forget(step.user, out)
-        if ok and login and self.logins.get(step.user) is login and reply.get("topics"):
-            # a group joined or created (a login's own topics came with it above)
-            for group, dest in reply["topics"].items():
-                if login.topics.get(group) != dest:
-                    login.topics[group] = dest
-                    out.add.append((step.user, dest))
+            del self.logins[step.user]
         return out
 
     def _logged_in(self, step, reply, old, out):
-        if "token" not in reply:
+        token = reply.get("token")
+        if not isinstance(token, str):
             return
-        new = Login(reply["token"], _address(reply.get("app_server")), reply.get("queue"),
-                    dict(reply.get("topics") or {}))
-        if old:
-            out.drop.extend((step.user, d) for d in old.destinations())
-        self.logins[step.user] = new
-        out.add.extend((step.user, d) for d in new.destinations())
+        login = self.logins[step.user] = Login(token, _address(reply.get("app_server")))
+        if login.app is not None:
+            # a second login too: the new token binds the connection again
+            out.listen = Step("listen", f"listen {token}", step.user, step.user, with_token=True)
 
     def _logged_out(self, step, reply, login, out):
-        if login:
-            self._forget(step.user, out)
+        self.logins.pop(step.user, None)
 
     def _located(self, step, reply, login, out):
         if login:
             login.app = _address(reply.get("app_server"))
 
-    def _forget(self, user, out):
-        login = self.logins.pop(user)
-        out.drop.extend((user, d) for d in login.destinations())
+    # -- pushes ----------------------------------------------------------------------------
+    def on_push(self, obj):
+        """A push line (protocol.is_push) -> the lines to print: its chat
+        line if it is well-formed, for a user logged in here, and its
+        (id, user) not printed before (a redelivery); else none."""
+        key = _push_key(obj)
+        if key is None:
+            log.debug("malformed push ignored: %.200r", obj)
+            return []
+        if key[1] not in self.logins or key in self.printed:
+            return []
+        self.printed.add(key)
+        self.printed_order.append(key)
+        if len(self.printed_order) > self.remember:
+            self.printed.discard(self.printed_order.popleft())
+        return [protocol.render_push(obj)]
 
 
 # What a successful reply to each command changes (others change no login).
@@ -119,17 +126,22 @@ _ON_SUCCESS = {"login": ClientCore._logged_in, "logout": ClientCore._logged_out,
                "delete": ClientCore._logged_out, "locate": ClientCore._located}
 
 
-def chat_lines(subs, destination, body):
-    """The lines a broker message prints: once per recipient (online when it
-    was sent) subscribed to `destination` on this client (`subs`: destination
-    -> set of local users); none for a body we cannot read."""
-    try:
-        line = protocol.render_chat(body)
-        recipients = set(protocol.chat_recipients(body))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return []
-    return [line] * sum(1 for user in subs.get(destination, ()) if user in recipients)
+def _push_key(obj):
+    """(id, to) of a well-formed message push, else None."""
+    if obj.get("push") != "message":
+        return None
+    ident, to = obj.get("id"), obj.get("to")
+    if not isinstance(ident, (str, int)) or isinstance(ident, bool) or not isinstance(to, str):
+        return None
+    if not all(isinstance(obj.get(k), str) for k in ("from", "message")):
+        return None
+    if not isinstance(obj.get("group"), (str, type(None))):
+        return None
+    return ident, to
 
 
 def _address(text):
-    return parse_address(text) if text else None
+    try:
+        return parse_address(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None

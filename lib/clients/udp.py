@@ -5,7 +5,8 @@ expiries, "port unreachable" and end of input go in; `Send` (to the
 server), `Print`, `SetTimer`/`CancelTimer` actions come out. `main()` wires
 it to stdin, one UDP socket and lib/loop/reactor.py. Run as
 `./client --udp HOST PORT [--stay] [--timeout S] [--retries N]`; the exit
-status says whether every request was answered (`--help`).
+status says whether every request was answered (`--help`). At a terminal
+the lines are typed in lib/clients/terminal.py's editor (client.py decides).
 It shares the datagram codec (lib/hub/wire.py) and the action types
 (lib/hub/actions.py) with the hub, and nothing of the hub's server side.
 """
@@ -18,13 +19,14 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from lib.flags import number
+from lib.flags import ArgumentParser, number, port as port_number
 from lib.hub import wire
 from lib.hub.actions import CancelTimer, Send, SetTimer
 from lib.hub.wire import SERVER
 from lib.loop.reactor import Reactor
 from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineReader
+from lib.social.protocol import shown
 
 log = logging.getLogger("udp_client")
 
@@ -35,7 +37,11 @@ ERR_NO_RESPONSE = "Error: no response from server"
 ERR_REFUSED = "Error: no server at that address (port unreachable)"
 # Exit statuses (also in `--help` and docs/udp-hub.md).
 EXIT_OK, EXIT_OUTPUT, EXIT_ADDRESS, EXIT_NO_RESPONSE, EXIT_REFUSED = 0, 1, 2, 3, 4
-USAGE_HINT = "Error: type A->server#login<PASSWORD>, A->B#TEXT or A->server#logoff"
+# The typed forms (`help` at a terminal lists them; a wrong line names them).
+FORMS = (("A->server#login<PASSWORD>", "log in as A"),
+         ("A->B#TEXT", "send TEXT to B (logged in as A)"),
+         ("A->server#logoff", "log A off"))
+USAGE_HINT = f"Error: type {', '.join(form for form, _ in FORMS[:-1])} or {FORMS[-1][0]}"
 
 
 @dataclass(frozen=True)
@@ -276,14 +282,19 @@ _ON_DATAGRAM = {
 
 # -- the reactor driver ------------------------------------------------------------------
 class _Driver:
-    """Moves bytes between stdin/stdout/the socket and a Client; fires its timers."""
+    """Moves bytes between stdin/stdout/the socket and a Client; fires its timers.
+    `terminal` (terminal.factory()): the line editor, when stdin is a terminal."""
 
-    def __init__(self, reactor, sock, client):
+    def __init__(self, reactor, sock, client, terminal=None):
         self.reactor, self.sock, self.client = reactor, sock, client
         self.timers = TimerTable(reactor, self._fire)
         self.output_lost = False
         reactor.add_reader(sock, self._on_datagram)
-        LineReader(reactor, 0, self._typed, self._end_of_input)
+        self.terminal = None
+        if terminal is not None:
+            self.terminal = terminal(reactor, self._typed, self._end_of_input)
+        else:
+            LineReader(reactor, 0, self._typed, self._end_of_input)
 
     def _typed(self, line):
         self._apply(self.client.typed(line))
@@ -327,10 +338,15 @@ class _Driver:
             log.debug("send failed: %s", e)  # UDP: the retry timer covers it
 
     def _print(self, action):
+        # What others sent is shown escaped: it cannot move the cursor or clear the screen.
+        line = shown(action.line)
         try:
-            sys.stdout.write(action.line + "\n")
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
+            if self.terminal is not None:
+                self.terminal.write([line])
+            else:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        except (OSError, ValueError):     # BrokenPipe; EIO: the terminal is gone
             self.output_lost = True
             self.reactor.stop()
 
@@ -339,52 +355,76 @@ _DO = {Send: _Driver._send, Print: _Driver._print,
        **timer_handlers()}
 
 
+# What each exit status means, for `--help` (here and in client.py's).
+EXITS = {
+    EXIT_OK: "every request was answered",
+    EXIT_OUTPUT: "stdout was closed",
+    EXIT_ADDRESS: "the hub's address cannot be used",
+    EXIT_NO_RESPONSE: f"a request got no answer after every resend\n(printed: {ERR_NO_RESPONSE})",
+    EXIT_REFUSED: f"the hub's port was unreachable: nothing listens there\n"
+                  f"(printed at once: {ERR_REFUSED})",
+}
+EXIT_HELP = "\n".join(f"  {code}  " + text.replace("\n", "\n     ") for code, text in EXITS.items())
+
+
+def add_options(group):
+    """The UDP client's own options; client.py's parser holds them too (and
+    refuses them without --udp). Returns their argparse actions."""
+    return [
+        group.add_argument("--stay", action="store_true",
+                           help="keep receiving after the end of input (until Ctrl-C)"),
+        group.add_argument("--timeout", type=number(float), default=TIMEOUT, metavar="S",
+                           help=f"seconds to wait for an answer before resending (default {TIMEOUT:g})"),
+        group.add_argument("--retries", type=number(int, zero_ok=True), default=RETRIES, metavar="N",
+                           help=f"resends before giving up on a request (default {RETRIES})"),
+    ]
+
+
 def _parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="client --udp", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="UDP hub client. Type A->server#login<PASSWORD>, A->B#TEXT or\n"
                     "A->server#logoff; every datagram from the hub is printed.",
-        epilog=f"""exit status:
-  {EXIT_OK}  every request was answered
-  {EXIT_OUTPUT}  stdout was closed
-  {EXIT_ADDRESS}  the hub's address cannot be used
-  {EXIT_NO_RESPONSE}  a request got no answer after every resend
-     (printed: {ERR_NO_RESPONSE})
-  {EXIT_REFUSED}  the hub's port was unreachable: nothing listens there
-     (printed at once: {ERR_REFUSED})""")
+        epilog="exit status:\n" + EXIT_HELP)
     ap.add_argument("host", help="hub address, e.g. 127.0.0.1")
-    ap.add_argument("port", type=int, help="hub UDP port")
-    ap.add_argument("--stay", action="store_true",
-                    help="keep receiving after the end of input (until Ctrl-C)")
-    ap.add_argument("--timeout", type=number(float), default=TIMEOUT, metavar="S",
-                    help=f"seconds to wait for an answer before resending (default {TIMEOUT:g})")
-    ap.add_argument("--retries", type=int, default=RETRIES, metavar="N",
-                    help=f"resends before giving up on a request (default {RETRIES})")
+    ap.add_argument("port", type=port_number(any_ok=False), help="hub UDP port")
+    add_options(ap)
     return ap
 
 
 def main(argv: list[str]) -> int:
     """`client --udp HOST PORT [--stay] [--timeout S] [--retries N]`; argv is
-    what follows `--udp`. Returns the exit status (EXIT_*)."""
+    what follows `--udp`. Returns the exit status (EXIT_*). (`./client` parses
+    its arguments in client.py and calls `run`.)"""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="udp_client %(levelname)s %(message)s")
+    return run(args)
+
+
+def run(args, terminal=None) -> int:
+    """The client on parsed `args` (host, port, add_options' names);
+    `terminal`: the line editor's factory, when stdin is a terminal."""
     try:
         family, _, _, _, addr = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
         # connect() picks the local IP the hub will see (the login must carry
         # it) and makes the kernel drop datagrams from anyone but the hub.
         sock.connect(addr)
-    except OSError as e:
+    except (OSError, OverflowError) as e:    # OverflowError: a port outside 0-65535
         print(f"Error: cannot reach {args.host}:{args.port}: {e}", file=sys.stderr)
         return EXIT_ADDRESS
     sock.setblocking(False)
     ip, port = sock.getsockname()[:2]
     reactor = Reactor()
-    client = Client(ip, port, timeout=args.timeout, retries=max(0, args.retries), stay=args.stay)
-    driver = _Driver(reactor, sock, client)
+    client = Client(ip, port, timeout=args.timeout, retries=args.retries, stay=args.stay)
+    driver = _Driver(reactor, sock, client, terminal)
     for signum in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(signum, reactor.stop)
-    reactor.run()
-    sock.close()
+    try:
+        reactor.run()
+    finally:
+        if driver.terminal is not None:
+            driver.terminal.close()
+        sock.close()
     return driver.status

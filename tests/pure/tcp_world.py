@@ -1,12 +1,11 @@
 """A virtual world for the TCP client machine (lib/clients/tcp_machine.py):
 timers on a virtual clock, the actions collected, the servers played by
-the test. Used by test_tcp_machine.py and test_tcp_subscriptions.py."""
+the test. Used by test_tcp_machine.py and test_tcp_push.py."""
 import json
 
 from lib.clients import tcp_machine as tm
 from lib.clients.tcp_events import (
-    CancelTimer, Connect, Connected, Print, ReplyLine, Send, SetTimer, Subscribe, Subscribed,
-    TimerFired, Typed)
+    CancelTimer, Connect, Connected, Print, ReplyLine, Send, SetTimer, TimerFired, Typed)
 from lib.clients.tcp_machine import ClientMachine
 
 LOGIN = ("127.0.0.1", 8888)
@@ -14,13 +13,16 @@ APP, APP2 = ("127.0.0.1", 9001), ("127.0.0.1", 9002)
 CANNOT_REACH = "Error: cannot reach the server at {}:{}".format
 TIMER_ACTIONS = (SetTimer, CancelTimer)
 # The client's timings (seconds), written out so that a change shows here.
-REPLY_S, LAUNCH_S, CONNECT_S, SUBSCRIBE_S, DRAIN_S = 30, 300, 5, 2, 0.5
+REPLY_S, LAUNCH_S, CONNECT_S, LISTEN_S = 30, 300, 5, 2
 RELOCATE_S, RELOCATE_TRIES = 0.25, 40        # a locate naming the dead server: again, for 10 s
 
 
-def login_reply(token="T1", app="127.0.0.1:9001", queue="/queue/q1", topics=None, **extra):
-    reply = {"status": 0, "token": token, "message": "Success!", "broker": "127.0.0.1:61613",
-             "queue": queue, "topics": {"g": "/topic/t1"} if topics is None else topics}
+LISTENING = {"status": 0, "message": "Listening"}
+
+
+def login_reply(token="T1", app="127.0.0.1:9001", **extra):
+    """A login server's login reply (issue 12: no broker, queue, topics)."""
+    reply = {"status": 0, "token": token, "message": "Success!"}
     if app:
         reply["app_server"] = app
     reply.update(extra)
@@ -31,8 +33,8 @@ class World:
     """A machine with virtual time: SetTimer/CancelTimer keep a timer table,
     `advance` fires what falls due, in order. Other actions are collected."""
 
-    def __init__(self, linger=0.5):
-        self.m = ClientMachine(LOGIN, linger=linger)
+    def __init__(self, linger=0.5, **options):
+        self.m = ClientMachine(LOGIN, linger=linger, **options)
         self.now = 0.0
         self.timers = {}          # key -> due time
         self.actions = []
@@ -90,19 +92,27 @@ class World:
         raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         return self.feed(ReplyLine(address, raw))
 
-    def confirm_subscriptions(self):
-        for a in self.take(Subscribe):
-            self.feed(Subscribed(True))
+    def push(self, address=APP, **fields):
+        """A push line from an app server: a personal message to alice by default."""
+        obj = {"push": "message", "id": "m1", "to": "alice", "from": "bob", "message": "hi"}
+        obj.update(fields)
+        return self.reply(address, obj)
 
-    def login(self, user="alice", **reply):
-        """A whole login on an open (or opened) login connection, subscriptions confirmed."""
+    def login(self, user="alice", app=APP, **reply):
+        """A whole login on an open (or opened) login connection, and its
+        listen answered by the app server `app` (None: no app server named)."""
         self.type(f"login {user} pw")
         if Connect(LOGIN) in self.actions:
             self.feed(Connected(LOGIN))
-        self.reply(LOGIN, login_reply(**reply))
-        self.confirm_subscriptions()
+        self.reply(LOGIN, login_reply(app=app and "%s:%d" % app, **reply))
+        if app is not None:
+            assert self.m.state is tm.LISTENING, self.m.state
+            self.open_app(app)
+            self.reply(app, LISTENING)
         self.take()
 
     def open_app(self, address=APP):
-        if Connect(address) in self.take():
+        """Complete a Connect to `address`, if one is pending (other actions stay)."""
+        if Connect(address) in self.actions:
+            self.actions.remove(Connect(address))
             self.feed(Connected(address))

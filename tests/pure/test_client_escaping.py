@@ -2,14 +2,13 @@
 format, separator and invisible characters as visible escapes (`\\x1b`,
 `\\u200b`, `\\U000e0001`), everything else as it is, so the course's plain
 ASCII output is unchanged byte for byte."""
-import json
 import unicodedata
 import unittest
 
 from lib.accounts import names
-from lib.clients.tcp_routing import ClientCore, chat_lines
+from lib.clients.tcp_routing import ClientCore
 from lib.social import protocol
-from lib.social.protocol import render, render_chat, shown
+from lib.social.protocol import is_push, render, render_chat, render_push, shown
 
 ATTACK = "\x1b[2J\x1b[H\u2026re-enter password:"
 
@@ -67,6 +66,17 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(render({"status": 1, "message": "b is not online"}), ["b is not online"])
         self.assertEqual(render_chat(protocol.chat_body("a", "hi", to="b")), "<<<a->b: hi>>>")
         self.assertEqual(render_chat(protocol.chat_body("a", "hi", group="g")), "<<<a->GROUP<g>: hi>>>")
+        push = {"push": "message", "id": "1", "to": "b", "from": "a", "message": "hi"}
+        self.assertEqual(render_push(push), "<<<a->b: hi>>>")
+        self.assertEqual(render_push({**push, "group": "g"}), "<<<a->GROUP<g>: hi>>>")
+        self.assertEqual(render_push({**push, "group": None}), "<<<a->b: hi>>>")
+
+    def test_a_push_is_a_line_without_status(self):
+        self.assertTrue(is_push({"push": "message", "id": "1", "to": "b", "from": "a", "message": "hi"}))
+        self.assertTrue(is_push({"push": "anything"}))                 # one we cannot print: still no reply
+        for obj in ({"status": 0, "message": "Listening"}, {"push": "message", "status": 0},
+                    {"status": 1, "message": "push"}, None, [], "push", {"friend": []}):
+            self.assertFalse(is_push(obj), obj)
 
     def test_the_fake_prompt_prints_harmlessly(self):
         lines = render({"status": 0, "post": [{"id": "mallory", "message": ATTACK}]})
@@ -84,6 +94,9 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(render_chat(protocol.chat_body(bad, bad, to=bad)), f"<<<{want}->{want}: {want}>>>")
         self.assertEqual(render_chat(protocol.chat_body(bad, bad, group=bad)),
                          f"<<<{want}->GROUP<{want}>: {want}>>>")
+        push = {"push": "message", "id": bad, "to": bad, "from": bad, "message": bad}
+        self.assertEqual(render_push(push), f"<<<{want}->{want}: {want}>>>")
+        self.assertEqual(render_push({**push, "group": bad}), f"<<<{want}->GROUP<{want}>: {want}>>>")
 
     def test_a_cut_list_prints_its_note_after_the_items(self):
         self.assertEqual(render({"status": 0, "post": [{"id": "a", "message": "m"}],
@@ -94,15 +107,12 @@ class RenderTest(unittest.TestCase):
     def test_through_the_client_core(self):
         core = ClientCore()
         step = core.route("login bob pw")
-        core.on_reply(step, {"status": 0, "token": "T", "message": "Success!", "queue": "/queue/q",
-                             "app_server": "127.0.0.1:9"})
+        core.on_reply(step, {"status": 0, "token": "T", "message": "Success!", "app_server": "127.0.0.1:9"})
         out = core.on_reply(core.route("receive-post bob"),
                             {"status": 0, "post": [{"id": "eve", "message": ATTACK}]})
         self.assertEqual(out.lines, ["eve: \\x1b[2J\\x1b[H\u2026re-enter password:"])
-        body = json.dumps({"from": "eve\u202e", "to": "bob", "group": None, "message": ATTACK,
-                           "recipients": ["bob"]})
-        self.assertEqual(chat_lines({"/queue/q": {"bob"}}, "/queue/q", body),
-                         ["<<<eve\\u202e->bob: \\x1b[2J\\x1b[H\u2026re-enter password:>>>"])
+        push = {"push": "message", "id": 1, "from": "eve\u202e", "to": "bob", "message": ATTACK}
+        self.assertEqual(core.on_push(push), ["<<<eve\\u202e->bob: \\x1b[2J\\x1b[H\u2026re-enter password:>>>"])
 
 
 if __name__ == "__main__":

@@ -1,18 +1,16 @@
 """The TCP client machine (lib/clients/tcp_machine.py): requests, the
 login server's retry, relocation to a new app server, the tables. Virtual
-time, no socket."""
+time, no socket. (Listen, pushes and the end: test_tcp_push.py.)"""
 import unittest
 
 from lib.clients import tcp_machine as tm
 from lib.clients.tcp_events import (
-    Close, Closed, Connect, ConnectFailed, Connected, ConnectTimeout, Drain, Print, Send, Timer,
-    TimerFired, Unsubscribe)
+    Close, Closed, Connect, ConnectFailed, Connected, ConnectTimeout, Print, Send, Timer, TimerFired)
 from lib.clients.tcp_machine import (
     DONE, IDLE, LINGERING, RELOCATE_WAIT, RELOCATING, RETRYING, WAITING_REPLY, ClientMachine,
     IllegalEvent, IllegalTransition)
 from tests.pure.tcp_world import (
-    APP, APP2, CANNOT_REACH, CONNECT_S, DRAIN_S, LAUNCH_S, LOGIN, RELOCATE_S, RELOCATE_TRIES,
-    REPLY_S, World)
+    APP, APP2, CANNOT_REACH, CONNECT_S, LAUNCH_S, LOGIN, RELOCATE_S, RELOCATE_TRIES, REPLY_S, World)
 
 
 class Requests(unittest.TestCase):
@@ -48,7 +46,12 @@ class Requests(unittest.TestCase):
 
     def test_app_commands_go_to_the_users_app_server_with_the_token(self):
         w = self.w
-        w.login()
+        w.login()                           # its listen opened the connection
+        w.type("list-friend alice")
+        self.assertEqual(w.take(), [Send(APP, "list-friend T1")])
+        w.reply(APP, {"status": 0, "friend": []})
+        self.assertEqual(w.printed(), ["No friends"])
+        w.feed(Closed(APP))                 # say, closed as idle: the next request connects again
         w.type("list-friend alice")
         self.assertEqual(w.take(), [Connect(APP)])
         w.feed(Connected(APP))
@@ -75,6 +78,7 @@ class Requests(unittest.TestCase):
     def test_stray_lines_are_ignored(self):
         w = self.w
         w.login()
+        w.feed(Closed(APP))
         w.reply(LOGIN, {"status": 0, "message": "late"})       # nothing asked
         w.type("list-friend alice")
         w.reply(APP, {"status": 0, "message": "not connected yet"})
@@ -111,8 +115,10 @@ class LoginServerRetry(unittest.TestCase):
         w.type("register carol pw")
         w.feed(Closed(LOGIN))
         w.take()
+        self.assertFalse(w.m.unreachable)       # the retry is silent
         w.feed(ConnectFailed(LOGIN, "refused"))
         self.assertEqual(w.printed(), [CANNOT_REACH(*LOGIN)])
+        self.assertTrue(w.m.unreachable)        # the driver's exit status says so too
         self.assertEqual((w.m.state, w.take()), (WAITING_REPLY, [Connect(LOGIN)]))   # register carol
 
     def test_connect_failure_then_connect_timeout(self):
@@ -182,12 +188,14 @@ class Relocation(unittest.TestCase):
     def test_refused_and_timed_out_connects_relocate_too(self):
         w = World()
         w.login()
+        w.feed(Closed(APP))
         w.type("list-friend alice")
         self.assertEqual(w.take(), [Connect(APP)])
         w.feed(ConnectFailed(APP, "refused"))
         self.assertEqual((w.m.state, w.sent()), (RELOCATING, [(LOGIN, "locate T1")]))
         w = World()
         w.login()
+        w.feed(Closed(APP))
         w.type("list-friend alice")
         w.take()
         w.advance(CONNECT_S)
@@ -232,14 +240,17 @@ class Relocation(unittest.TestCase):
         w = self.w
         self.fail_app()
         w.reply(LOGIN, {"status": 0, "message": "Success!", "app_server": "127.0.0.1:9002"})
+        self.assertFalse(w.m.unreachable)
         w.feed(ConnectFailed(APP2, "refused"))
         self.assertEqual((w.m.state, w.printed()), (IDLE, [CANNOT_REACH(*APP2)]))
+        self.assertTrue(w.m.unreachable)
 
     def test_locate_failing_reports_the_login_server(self):
         w = self.w
         self.fail_app()
         w.feed(Closed(LOGIN))                    # a locate gets no second chance
         self.assertEqual((w.m.state, w.printed()), (IDLE, [CANNOT_REACH(*LOGIN)]))
+        self.assertTrue(w.m.unreachable)
 
     def test_locate_says_not_login_the_user_is_forgotten(self):
         w = self.w
@@ -247,8 +258,6 @@ class Relocation(unittest.TestCase):
         w.reply(LOGIN, {"status": 1, "message": "Not login yet"})
         self.assertEqual((w.m.state, w.printed()), (IDLE, ["Not login yet"]))
         self.assertNotIn("alice", w.m.core.logins)
-        w.advance(DRAIN_S)
-        self.assertEqual(w.take(Unsubscribe), [Unsubscribe("/queue/q1"), Unsubscribe("/topic/t1")])
 
     def test_unknown_app_server_locates_first_and_that_is_no_retry(self):
         w = World()
@@ -332,7 +341,7 @@ class Table(unittest.TestCase):
 
     def test_events_a_state_cannot_get_raise(self):
         w = World()
-        for event in (TimerFired(Timer.REPLY), TimerFired(Timer.LINGER), TimerFired(Timer.SUBSCRIPTIONS),
+        for event in (TimerFired(Timer.REPLY), TimerFired(Timer.LINGER), TimerFired(Timer.LISTEN),
                       Connected(APP), ConnectFailed(APP), TimerFired(ConnectTimeout(APP))):
             with self.assertRaises(IllegalEvent, msg=event):
                 w.feed(event)
@@ -346,10 +355,6 @@ class Table(unittest.TestCase):
                 todo.append(nxt)
         self.assertEqual(reachable, set(tm.State))
         self.assertEqual(tm.TRANSITIONS[DONE], set())
-
-    def test_drain_timer_of_a_user_gone_elsewhere_is_harmless(self):
-        w = World()
-        self.assertEqual(w.feed(TimerFired(Drain("alice", "/queue/q1"))), [])
 
 
 if __name__ == "__main__":
