@@ -216,7 +216,7 @@ class BrokerTemplatesTest(unittest.TestCase):
         broker = self.broker_element()
         connectors = list(broker.iter(f"{CORE}transportConnector"))
         self.assertEqual([(c.get("name"), c.get("uri")) for c in connectors],
-                         [("stomp", "stomp://127.0.0.1:61613")])
+                         [("stomp", "stomp://127.0.0.1:61613?transport.tcpNoDelay=true")])
         self.assertNotIn("openwire", self.read("activemq.xml.in").replace("no OpenWire", ""))
 
     def test_every_connection_must_log_in(self):
