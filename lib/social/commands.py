@@ -260,7 +260,7 @@ def finish_login(state, name, matched, ctx, known_token=None):
 
 def subscriptions(state, name):
     """(personal queue, {group: topic}) an app server subscribes to for the
-    logged-in user `name` (docs/protocol.md §10); None if not logged in."""
+    logged-in user `name` (docs/protocol.md §7); None if not logged in."""
     user = state.users.get(name)
     if user is None or user.session is None:
         return None
