@@ -241,6 +241,10 @@ class LineConnection:
             return
         self.close()
 
+    def keep_open(self):
+        """No idle limit from now on: a connection that only receives (pushes)."""
+        self.idle_timeout = None
+
     # -- output --------------------------------------------------------------
     def send(self, data, on_sent=None):
         """Queue `data`; it leaves in this turn's output phase (after the commit).

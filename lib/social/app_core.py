@@ -32,8 +32,12 @@ from lib.loop.timers import SetTimer, TimerFired  # noqa: F401  (shared timer va
 from lib.social import applink, delivery
 from lib.social.applink import Input, State
 from lib.social.delivery import (  # noqa: F401  (the driver carries these out too)
-    Ack, AttachDone, JoinDone, Push, Subscribe, Unsubscribe)
+    Ack, AttachDone, JoinDone, KeepOpen, Push, Subscribe, Unsubscribe)
 from lib.social.protocol import Request, fail
+
+# Events and actions are values; not frozen: a frozen dataclass costs ~1 us
+# more per object, and every relayed request makes several (as login_events).
+message = dataclass(slots=True)
 
 log = logging.getLogger("app")
 
@@ -47,46 +51,46 @@ class TimerKey(enum.Enum):
 
 
 # -- events (what happened) -----------------------------------------------------------
-@dataclass(frozen=True)
+@message
 class Start:
     """The server is up at time `now`: begin connecting to the login server."""
     now: float
 
 
-@dataclass(frozen=True)
+@message
 class LinkConnected:
     """The connect that `Connect` asked for succeeded."""
 
 
-@dataclass(frozen=True)
+@message
 class ConnectFailed:
     now: float
     error: str
 
 
-@dataclass(frozen=True)
+@message
 class LinkLine:
     """One line (no newline) from the login server."""
     raw: bytes
 
 
-@dataclass(frozen=True)
+@message
 class LinkLost:
     """The link's connection is closed (by either end)."""
 
 
-@dataclass(frozen=True)
+@message
 class ClientRequest:
     conn: object
     request: Request
 
 
-@dataclass(frozen=True)
+@message
 class ClientClosed:
     conn: object
 
 
-@dataclass(frozen=True)
+@message
 class Published:
     """The broker's answer to `Publish(conn, ...)`."""
     conn: object
@@ -94,7 +98,7 @@ class Published:
     error: str = None
 
 
-@dataclass(frozen=True)
+@message
 class Subscribed:
     """The broker's answer to `Subscribe(destination, ..., waiter)`."""
     waiter: tuple
@@ -102,19 +106,19 @@ class Subscribed:
     ok: bool
 
 
-@dataclass(frozen=True)
+@message
 class BrokerMessage:
     destination: str
     body: str
     headers: dict
 
 
-@dataclass(frozen=True)
+@message
 class BrokerState:
     up: bool
 
 
-@dataclass(frozen=True)
+@message
 class Written:
     """The line of `Push(conn, line, token)` is in the socket."""
     conn: object
@@ -122,40 +126,56 @@ class Written:
 
 
 # -- actions (what the driver must do) -------------------------------------------------
-@dataclass(frozen=True)
+@message
 class Connect:
     """Start connecting to the login server; report LinkConnected or ConnectFailed."""
 
 
-@dataclass(frozen=True)
+@message
 class SendLink:
     line: bytes
 
 
-@dataclass(frozen=True)
+@message
 class CloseLink:
     pass
 
 
-@dataclass(frozen=True)
+@message
 class Reply:
-    """Send `reply` (a protocol reply dict) to the client."""
+    """Send `reply` to the client: a protocol reply dict, or the encoded line
+    the login server made (passed on as it is)."""
     conn: object
-    reply: dict
+    reply: object
 
 
-@dataclass(frozen=True)
+@message
+class Relay:
+    """Pause `conn` and send `line` on the link: a request relayed (Pause and
+    SendLink in one action: one per request, the hot path)."""
+    conn: object
+    line: bytes
+
+
+@message
+class Answer:
+    """Reply, then Resume: the request is over and none waits behind it."""
+    conn: object
+    reply: object
+
+
+@message
 class Pause:
     """Stop reading the client's requests until Resume."""
     conn: object
 
 
-@dataclass(frozen=True)
+@message
 class Resume:
     conn: object
 
 
-@dataclass(frozen=True)
+@message
 class Publish:
     """Publish through the broker; report Published(conn, ok, error)."""
     conn: object
@@ -164,7 +184,7 @@ class Publish:
     persistent: bool
 
 
-@dataclass(frozen=True)
+@message
 class Exit:
     """Stop the server with this exit status."""
     status: int
@@ -180,7 +200,8 @@ class AppCore:
         self.link = link or applink.AppLink(server_id, secret, host, port)
         self.broker = broker
         self.early = []          # (conn, request) held until the welcome
-        self.queues = {}         # conn with a request in progress -> requests waiting behind it
+        self.queues = {}         # conn with a request in progress -> requests waiting behind
+                                 # it (a deque), or None while none waits
         self.publishing = {}     # conn -> its reply, until the broker's receipt
         self.joining = {}        # conn -> its reply, until the topic subscription is confirmed
         self.delivery = delivery.Delivery(limits)
@@ -238,13 +259,18 @@ class AppCore:
         return actions
 
     # -- what the login server says ----------------------------------------------------
-    def _link_line(self, event):
+    def link_line(self, raw):
+        """The event `LinkLine(raw)`, for a driver to call without making the
+        event (one per relayed request: the hot path)."""
         try:
-            message = self.link.receive(event.raw)
+            message = self.link.receive(raw)
         except applink.RemoteError as e:
             log.error("bad message from the login server: %s", e)
             return []
         return _ON_LINK[type(message)](self, message)
+
+    def _link_line(self, event):
+        return self.link_line(event.raw)
 
     def _welcome(self, message):
         log.info("%s registered with the login server", self.id)
@@ -261,21 +287,26 @@ class AppCore:
 
     def _reply(self, message):
         conn = message.tag
-        reply = message.reply or fail(UNAVAILABLE)
+        reply, status = message.reply, message.status   # the encoded line, passed on
+        if reply is None:
+            reply, status = fail(UNAVAILABLE), 1
         publish = message.publish
         # The token's user is served here: this connection gets its messages
         # (unless it closed meanwhile: its request left `queues` with it).
-        bind = message.user and conn in self.queues
-        actions = self._chat(self.delivery.bind(conn, message.user)) if bind else []
-        if message.join is not None and reply.get("status") == 0 and message.user:
+        user = message.user
+        if user is not None and conn in self.queues and user not in self.delivery.bound.get(conn, ()):
+            actions = self._chat(self.delivery.bind(conn, user))
+        else:
+            actions = []      # the usual case: bound by an earlier request
+        if message.join is not None and status == 0 and message.user:
             if not self.broker:
                 return actions + self._finish(conn, reply)
             self.joining[conn] = reply
             return actions + self._chat(self.delivery.join(conn, message.user, *message.join))
-        if publish is None or reply.get("status") != 0:
+        if publish is None or status != 0:
             return actions + self._finish(conn, reply)
         if not self.broker:
-            return self._finish(conn, fail(BROKER_DOWN))
+            return actions + self._finish(conn, fail(BROKER_DOWN))
         self.publishing[conn] = reply
         return actions + [Publish(conn, publish.destination, publish.body, publish.persistent)]
 
@@ -322,14 +353,23 @@ class AppCore:
         return self._answer_all(message.abandoned) + [CloseLink(), Exit(0)]
 
     # -- clients -----------------------------------------------------------------------
-    def _client_request(self, event):
-        conn = event.conn
-        waiting = self.queues.get(conn)
-        if waiting is not None:
-            waiting.append(event.request)   # behind the one in progress
+    def client_request(self, conn, request):
+        """The event `ClientRequest(conn, request)`, for a driver to call
+        without making the event (one per request: the hot path)."""
+        queues = self.queues
+        if conn in queues:                  # behind the one in progress
+            waiting = queues[conn]
+            if waiting is None:
+                waiting = queues[conn] = collections.deque()
+            waiting.append(request)
             return []
-        self.queues[conn] = collections.deque()
-        return [Pause(conn)] + self._dispatch(conn, event.request)
+        queues[conn] = None
+        if self.link.state is State.READY:  # _DISPATCH's common case, without the lookup
+            return [Relay(conn, self.link.request(" ".join((request.name,) + request.words), conn))]
+        return [Pause(conn)] + self._dispatch(conn, request)
+
+    def _client_request(self, event):
+        return self.client_request(event.conn, event.request)
 
     def _dispatch(self, conn, request):
         return _DISPATCH[self.link.state](self, conn, request)
@@ -348,12 +388,11 @@ class AppCore:
     def _finish(self, conn, reply):
         """The one way a request ends: its reply, then the connection's next
         request (or reading resumes)."""
-        actions = [Reply(conn, reply)]
         waiting = self.queues.get(conn)
         if waiting:
-            return actions + self._dispatch(conn, waiting.popleft())
+            return [Reply(conn, reply)] + self._dispatch(conn, waiting.popleft())
         self.queues.pop(conn, None)
-        return actions + [Resume(conn)]
+        return [Answer(conn, reply)]
 
     def _published(self, event):
         reply = self.publishing.pop(event.conn, None)

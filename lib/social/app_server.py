@@ -96,7 +96,8 @@ class AppServer:
     def _request(self, conn, request):
         if conn not in self._watched:
             self._watch(conn)
-        self._handle(core.ClientRequest(conn, request))
+        for action in self.core.client_request(conn, request):   # ClientRequest, made by no one
+            _DO[type(action)](self, action)
 
     def _watch(self, conn):
         # RequestServer owns the connection's on_close (its client set):
@@ -123,7 +124,8 @@ class AppServer:
         self._handle(core.LinkConnected())
 
     def _link_line(self, conn, raw):
-        self._handle(core.LinkLine(raw))
+        for action in self.core.link_line(raw):   # LinkLine, made by no one
+            _DO[type(action)](self, action)
 
     def _link_closed(self, conn):
         self._handle(core.LinkLost())
@@ -139,7 +141,17 @@ class AppServer:
         self.link.close()
 
     def _reply(self, action):
-        action.conn.send(protocol.encode(action.reply))
+        reply = action.reply
+        action.conn.send(reply if type(reply) is bytes else protocol.encode(reply))
+
+    def _relay(self, action):
+        action.conn.pause()
+        self.link.send(action.line)
+
+    def _answer(self, action):
+        reply = action.reply
+        action.conn.send(reply if type(reply) is bytes else protocol.encode(reply))
+        action.conn.resume()
 
     def _pause(self, action):
         action.conn.pause()
@@ -177,6 +189,8 @@ _DO = {
     core.Connect: AppServer._connect, **timer_handlers(),
     core.SendLink: AppServer._send_link, core.CloseLink: AppServer._close_link,
     core.Reply: AppServer._reply, core.Pause: AppServer._pause, core.Resume: AppServer._resume,
+    core.Relay: AppServer._relay, core.Answer: AppServer._answer,
+    core.KeepOpen: lambda server, action: action.conn.keep_open(),
     core.Publish: AppServer._publish, core.Exit: AppServer._exit,
     core.Subscribe: AppServer._subscribe, core.Unsubscribe: AppServer._unsubscribe,
     core.Ack: AppServer._ack, core.Push: AppServer._push,

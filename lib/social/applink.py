@@ -5,9 +5,11 @@ one JSON object per line over TCP (the login server's internal port).
   login -> app  {"op": "welcome"}  |  {"op": "rejected", "reason": R} (then closed)
   app -> login  {"op": "ping"}                       every HEARTBEAT seconds
   app -> login  {"op": "cmd", "id": N, "line": L}    one client request, verbatim
-  login -> app  {"op": "reply", "id": N, "reply": {...}, "publish": [dest, body, persistent] | null,
+  login -> app  {"op": "reply", "id": N, "status": S, "publish": [dest, body, persistent] | null,
                  "user": U (the token's user, bound to this server) | absent,
-                 "join": [group, topic] (create-group, join-group) | absent}
+                 "join": [group, topic] (create-group, join-group) | absent} TAB {client reply}
+                 (the client's reply follows the header after one tab, as the client
+                 will get it: the app server passes those bytes on without decoding them)
   login -> app  {"op": "attach", "id": N, "user": U, "queue": Q, "topics": {group: topic}}
   app -> login  {"op": "attached", "id": N, "ok": true|false}   once the broker confirmed
   login -> app  {"op": "detach", "user": U, "drop": true|false}
@@ -37,6 +39,12 @@ import itertools
 import json
 from dataclasses import dataclass
 
+from lib.social import protocol
+
+# Events and actions are values; not frozen: a frozen dataclass costs ~1 us
+# more per object, and every relayed request makes several (as login_events).
+message = dataclass(slots=True)
+
 HEARTBEAT = 1.0
 MAX_LINE = 64 * 1024 * 1024   # replies such as receive-post can be large
 MAX_DEPTH = 100               # nesting `decode` accepts at most (--link-json-depth may ask less)
@@ -48,14 +56,22 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   #
 
 
 def encode(**msg):
+    reply = msg.get("reply") if msg.get("op") == "reply" else None
+    if isinstance(reply, dict):
+        # The client's reply after a tab, encoded as the client gets it (JSON
+        # has no raw tab): the app server forwards it without a decode and an
+        # encode of its own. The header keeps what the app server decides on.
+        del msg["reply"]
+        msg["status"] = reply.get("status")
+        return _ENCODE(msg).encode("utf-8") + b"\t" + protocol.encode(reply)
     return (_ENCODE(msg) + "\n").encode("utf-8")
 
 
 def decode(raw, max_depth=MAX_DEPTH):
     """bytes -> dict with an "op"; ValueError if it is not one, or if it is
     nested deeper than `max_depth`."""
-    if too_deep(raw, max_depth):
-        raise ValueError(f"nested deeper than {max_depth}")
+    if raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(raw, max_depth):
+        raise ValueError(f"nested deeper than {max_depth}")   # (the usual line: one count, no call)
     msg = json.loads(raw.decode("utf-8"))
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ValueError("not a link message")
@@ -154,17 +170,17 @@ del S, I
 
 
 # -- events: what the login server said ---------------------------------------------
-@dataclass(frozen=True)
+@message
 class Welcome:
     pass
 
 
-@dataclass(frozen=True)
+@message
 class Rejected:
     reason: str
 
 
-@dataclass(frozen=True)
+@message
 class Publication:
     """What to publish once the reply is a success."""
     destination: str
@@ -172,7 +188,7 @@ class Publication:
     persistent: bool
 
 
-@dataclass(frozen=True)
+@message
 class Reply:
     """The answer to request `id`, sent for `tag` (given to `request`). `reply`
     is None when the login server sent nothing usable (the caller answers a
@@ -180,14 +196,15 @@ class Reply:
     is served here (the connection is then bound to it); `join`:
     (group, topic) to subscribe to before the reply leaves."""
     id: int
-    reply: dict
+    reply: bytes              # the client's reply line, encoded (None: unusable)
     publish: Publication
     tag: object
     user: str = None
     join: tuple = None
+    status: int = None        # the reply's status (0: success)
 
 
-@dataclass(frozen=True)
+@message
 class Attach:
     """Subscribe for `user` (its `queue`, its groups' `topics`), then answer `id`."""
     id: int
@@ -196,13 +213,13 @@ class Attach:
     topics: dict
 
 
-@dataclass(frozen=True)
+@message
 class Detach:
     user: str
     drop: bool
 
 
-@dataclass(frozen=True)
+@message
 class Shutdown:
     """The login server ends the link; `abandoned`: tags of unanswered requests."""
     abandoned: tuple
@@ -267,7 +284,8 @@ class AppLink:
 
     def request(self, line, tag):
         """Relay one client request line -> the cmd line; its reply will carry `tag`."""
-        self._step(Input.REQUEST)
+        if self.state is not State.READY:   # the table's one (READY, REQUEST) entry, inline
+            self._step(Input.REQUEST)
         rid = next(self._ids)
         self.pending[rid] = tag
         return encode(op="cmd", id=rid, line=line)
@@ -288,12 +306,15 @@ class AppLink:
 
     # -- remote steps -----------------------------------------------------------------
     def receive(self, raw):
-        """One line from the login server -> Welcome, Rejected, Reply or
-        Shutdown; RemoteError if it is malformed or not allowed now."""
+        """One line from the login server -> Welcome, Rejected, Reply, Attach,
+        Detach or Shutdown; RemoteError if it is malformed or not allowed now."""
+        head, tab, tail = raw.partition(b"\t")
         try:
-            msg = decode(raw)
+            msg = decode(head)
         except ValueError as e:
             raise RemoteError(f"malformed line: {e}") from None
+        if tab:
+            msg["reply"] = tail + b"\n"
         handler = _RECEIVE.get(msg["op"])
         if handler is None:
             raise RemoteError(f"unknown op {msg['op']!r}")
@@ -308,20 +329,26 @@ class AppLink:
         return Rejected(str(msg.get("reason")))
 
     def _reply(self, msg):
-        self._step(Input.REPLY)
+        if self.state is not State.READY:   # the table's one (READY, REPLY) entry, inline
+            self._step(Input.REPLY)
         rid = msg.get("id")
         if type(rid) is not int or rid not in self.pending:
             raise RemoteError(f"reply to unknown request id {rid!r}")
         tag = self.pending.pop(rid)
-        reply = msg.get("reply")
-        try:
-            publish = _publication(msg.get("publish"))
-            join = _join(msg.get("join"))
+        reply, status = msg.get("reply"), msg.get("status")
+        if isinstance(reply, dict) and reply:     # a reply inside the header (no tab)
+            reply, status = protocol.encode(reply), reply.get("status")
+        publish, join = msg.get("publish"), msg.get("join")
+        try:   # (most replies have neither: no call)
+            publish = _publication(publish) if publish else None
+            join = _join(join) if join is not None else None
         except ValueError:
             reply, publish, join = None, None, None
+        if type(reply) is not bytes or len(reply) < 3 or type(status) is not int:
+            reply = None
         user = msg.get("user")
-        return Reply(rid, reply if isinstance(reply, dict) and reply else None, publish, tag,
-                     user if isinstance(user, str) else None, join)
+        return Reply(rid, reply, publish, tag, user if isinstance(user, str) else None, join,
+                     status)
 
     def _attach(self, msg):
         self._step(Input.ATTACH)

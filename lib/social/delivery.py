@@ -34,6 +34,10 @@ from lib.loop.timers import CancelTimer, SetTimer
 from lib.social import protocol
 from lib.social.limits import Limits
 
+# Events and actions are values; not frozen: a frozen dataclass costs ~1 us
+# more per object, and every relayed request makes several (as login_events).
+message = dataclass(slots=True)
+
 log = logging.getLogger("app")
 
 # Defaults of the limits (lib/social/limits.py: --subscribe-timeout,
@@ -51,7 +55,7 @@ class Wait(enum.Enum):
 
 
 # -- actions ----------------------------------------------------------------------------
-@dataclass(frozen=True)
+@message
 class Subscribe:
     """Subscribe (idempotent); report `Subscribed(waiter, destination, ok)`."""
     destination: str
@@ -60,18 +64,18 @@ class Subscribe:
     waiter: tuple             # (Wait, key)
 
 
-@dataclass(frozen=True)
+@message
 class Unsubscribe:
     destination: str
 
 
-@dataclass(frozen=True)
+@message
 class Ack:
     """Acknowledge one message (its MESSAGE headers, as the broker link gave them)."""
     headers: dict
 
 
-@dataclass(frozen=True)
+@message
 class Push:
     """Write `line` to `conn`; report `Written(conn, token)` once it is in the socket."""
     conn: object
@@ -79,13 +83,20 @@ class Push:
     token: object
 
 
-@dataclass(frozen=True)
+@message
+class KeepOpen:
+    """`conn` gets pushes now: no idle limit for it (its client may only
+    listen for hours); --max-conns-per-address still bounds such connections."""
+    conn: object
+
+
+@message
 class AttachDone:
     id: int
     ok: bool
 
 
-@dataclass(frozen=True)
+@message
 class JoinDone:
     """The join of the request on `conn` is subscribed (or failed: `ok`)."""
     conn: object
@@ -216,9 +227,9 @@ class Delivery:
         if u is None or conn in u.conns:
             return []
         u.conns.add(conn)
+        actions = [] if conn in self.bound else [KeepOpen(conn)]
         self.bound.setdefault(conn, {})[user] = None
         held, u.held = u.held, collections.deque()
-        actions = []
         for m in held:
             actions += self._deliver(m)
         return actions

@@ -292,7 +292,7 @@ class LoginCore:
         if old is not None and old != ev.server:
             actions += self._detach(w.name, old, drop=False)
         # The reply waits until the app server's subscriptions are confirmed,
-        # so a message sent after it always arrives (docs/protocol.md §10).
+        # so a message sent after it always arrives (docs/protocol.md §7).
         attach = self._attach(w.name, ev.server)
         if attach is None:
             return actions + [Reply(ev.conn, reply)]
@@ -334,7 +334,7 @@ class LoginCore:
 
     def _hello(self, ev):
         link = self.links[ev.link]
-        msg = _decode(ev.data)
+        msg = _decode(ev.data, self.ctx.limits.link_json_depth)
         actions = [StopHelloTimer(ev.link)]
         if msg is None:
             link.state = LinkState.CLOSING
@@ -370,15 +370,17 @@ class LoginCore:
 
     def _link_line(self, ev):
         link = self.links[ev.link]
-        msg = _decode(ev.data)
+        msg = _decode(ev.data, self.ctx.limits.link_json_depth)
         if msg is None:
             link.state = LinkState.CLOSING
             return [CloseLink(ev.link)]
-        actions = [FleetHeartbeat(link.server)]   # any message shows the server alive
         op = _LINK_OPS.get(msg["op"])
-        if op:
-            actions += op(self, ev.link, msg)
-        return actions
+        return op(self, ev.link, msg) if op else []
+
+    def _ping(self, link, msg):
+        # Pings come every applink.HEARTBEAT seconds however busy the app
+        # server is, so they alone tell the fleet it is alive (not every command).
+        return [FleetHeartbeat(self.links[link].server)]
 
     def _relay(self, link, msg):
         """One client request from an app server: the reply, and what to publish."""
@@ -461,18 +463,20 @@ def _request_of(msg):
         return None
 
 
-def _decode(data):
+def _decode(data, max_depth):
+    """The link message, or None: not JSON, not UTF-8, no "op", or nested
+    deeper than `max_depth` (--link-json-depth; json's decoder would only
+    reach a RecursionError)."""
     try:
-        return applink.decode(data)
-    except ValueError:   # not JSON, not UTF-8, or no "op"
+        return applink.decode(data, max_depth)
+    except ValueError:
         return None
 
 
 _TWO_PHASE = {"register": LoginCore._register, "login": LoginCore._login}
 _ON_EFFECT = {type(None): LoginCore._just_reply, Release: LoginCore._release,
               Assign: LoginCore._assign}
-_LINK_OPS = {"cmd": LoginCore._relay, "attached": LoginCore._attached,
-             "ping": LoginCore._nothing}   # ping: the heartbeat is noted
+_LINK_OPS = {"cmd": LoginCore._relay, "attached": LoginCore._attached, "ping": LoginCore._ping}
 
 # The legal (event, state) pairs; any other raises IllegalEvent.
 _TABLE = {

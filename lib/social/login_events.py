@@ -19,7 +19,7 @@ class IllegalEvent(Exception):
 
 
 # Events and actions are values. Not frozen: that costs ~1 us more per object
-# and a relayed command makes three (LinkLine, FleetHeartbeat, SendLink).
+# and a relayed command makes two (LinkLine, SendLink).
 message = dataclass(slots=True)
 
 

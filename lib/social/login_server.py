@@ -91,12 +91,7 @@ class LoginServer:
         self._feed(core.LinkOpened(conn, addr))
 
     def _link_line(self, conn, raw):
-        if applink.too_deep(raw, self.limits.link_json_depth):
-            # Malformed, as the core would find it (json's decoder would only
-            # reach a RecursionError): closed without a word, as it does.
-            log.debug("link from %s: JSON nested too deep; closing", conn.peer)
-            conn.close()
-            return
+        # (a line nested deeper than --link-json-depth closes the link: the core's decode)
         self._feed(core.LinkLine(conn, raw))
 
     def _link_closed(self, conn):

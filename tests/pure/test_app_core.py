@@ -3,8 +3,10 @@ events in, actions out; no sockets, threads, clock or reactor. The login
 server is played in memory with the link's codec."""
 import unittest
 
+import json
+
 from lib.social import app_core as core
-from lib.social.app_core import (AppCore, ClientClosed, ClientRequest,
+from lib.social.app_core import (ClientClosed, ClientRequest,
                                  CloseLink, Connect, ConnectFailed, Exit, LinkConnected, LinkLine,
                                  LinkLost, Pause, Publish, Published, Reply, Resume, SendLink,
                                  SetTimer, Start, TimerFired, TimerKey)
@@ -15,6 +17,25 @@ OK = {"status": 0, "message": "Success!"}
 # The exact texts clients see (PROTOCOL.md), spelled out so a changed string fails.
 DOWN = {"status": 1, "message": "Service unavailable, try again"}
 NO_BROKER = {"status": 1, "message": "Message service unavailable, try again later"}
+
+
+class AppCore(core.AppCore):
+    """The core, with the replies it passes on as encoded lines decoded, so
+    the tests compare dicts, and the hot path's merged actions (Relay,
+    Answer) spelled out as the pairs they stand for."""
+
+    def handle(self, event):
+        return [d for a in super().handle(event) for d in decoded(a)]
+
+
+def decoded(action):
+    if isinstance(action, core.Relay):
+        return [Pause(action.conn), SendLink(action.line)]
+    if isinstance(action, core.Answer):
+        return decoded(Reply(action.conn, action.reply)) + [Resume(action.conn)]
+    if isinstance(action, Reply) and type(action.reply) is bytes:
+        return [Reply(action.conn, json.loads(action.reply))]
+    return [action]
 
 
 def req(text):
@@ -229,6 +250,22 @@ class OrderTest(CoreTestCase):
         c.handle(ClientRequest("a", req("post T x")))
         c.handle(ClientClosed("a"))
         self.assertEqual(self.answer(rid, OK), [Reply("a", OK), Resume("a")])   # no post relayed
+
+
+class HotPathTest(unittest.TestCase):
+    def test_a_relayed_request_is_one_action_each_way(self):
+        """As the driver sees them: Relay (pause + link line), then Answer
+        (the login server's encoded reply, passed on + resume)."""
+        c = core.AppCore("app-1", "s3cret", "127.0.0.1", 9001)
+        c.handle(Start(0.0))
+        c.handle(LinkConnected())
+        c.handle(link_line(op="welcome"))
+        [relay] = c.client_request("a", req("list-friend T"))
+        self.assertEqual((type(relay), relay.conn), (core.Relay, "a"))
+        rid = decode(relay.line)["id"]
+        [answer] = c.link_line(encode(op="reply", id=rid, reply={"status": 0, "friend": ["b"]},
+                                      publish=None).rstrip(b"\n"))
+        self.assertEqual(answer, core.Answer("a", b'{"status": 0, "friend": ["b"]}\n'))
 
 
 class TablesTest(unittest.TestCase):

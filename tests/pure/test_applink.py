@@ -5,7 +5,7 @@ sockets: the login server's end is played in memory with the same codec."""
 import json
 import unittest
 
-from lib.social import applink
+from lib.social import applink, protocol
 from lib.social.applink import (AppLink, Input, LocalError, Publication, Rejected, RemoteError,
                                 Reply, Shutdown, State, TRANSITIONS, Welcome, decode, encode)
 
@@ -149,8 +149,14 @@ class WireTest(unittest.TestCase):
         link.request("send T bob hi", "c")
         got = link.receive(b'{"op":"reply","id":1,"reply":{"status":0,"message":"Success!"},'
                            b'"publish":["/queue/np.u.1","{}",true]}')
-        self.assertEqual(got, Reply(1, {"status": 0, "message": "Success!"},
-                                    Publication("/queue/np.u.1", "{}", True), "c"))
+        self.assertEqual(got, Reply(1, b'{"status": 0, "message": "Success!"}\n',
+                                    Publication("/queue/np.u.1", "{}", True), "c", status=0))
+        # as the login server writes it now: the header, a tab, the client's reply
+        link.request("list-friend T", "d")
+        got = link.receive(b'{"op":"reply","id":2,"publish":null,"status":0,"user":"al"}\t'
+                           b'{"status": 0, "friend": ["b\\tc"]}')
+        self.assertEqual(got, Reply(2, b'{"status": 0, "friend": ["b\\tc"]}\n', None, "d",
+                                    user="al", status=0))
 
 
 class RequestIdsTest(unittest.TestCase):
@@ -178,7 +184,8 @@ class RequestIdsTest(unittest.TestCase):
         """So the caller answers a failure instead of leaving the client waiting."""
         cases = [({"status": 0}, [1, 2], None), ({"status": 0}, ["d", "b"], None),
                  (None, None, None), ({}, None, None), ("text", None, None),
-                 ({"status": 0}, [], {"status": 0})]
+                 ({"status": "0"}, None, None),
+                 ({"status": 0}, [], b'{"status": 0}\n')]
         for reply, publish, expected in cases:
             with self.subTest(reply=reply, publish=publish):
                 self.link.request("send T b x", "c")
@@ -212,9 +219,15 @@ class CodecTest(unittest.TestCase):
         self.assertTrue(data.endswith(b"\n"))
         self.assertEqual(data.count(b"\n"), 1)            # newlines inside strings are escaped
         self.assertIn("\u00e5sa".encode("utf-8"), data)   # UTF-8, not \u escapes
-        self.assertTrue(data.startswith(b'{"op":"reply","id":3,"reply":{"status":0,'))   # compact
-        self.assertEqual(decode(data), msg)
-        self.assertEqual(decode(data.rstrip(b"\n")), msg)
+        # the header (compact) with the reply's status; after one tab the
+        # client's reply, encoded as the client gets it
+        head, tab, reply = data.partition(b"\t")
+        self.assertTrue(head.startswith(b'{"op":"reply","id":3,"publish":['))
+        self.assertEqual(decode(head), {"op": "reply", "id": 3, "publish": msg["publish"], "status": 0})
+        self.assertEqual(reply, protocol.encode(msg["reply"]))
+        self.assertEqual(json.loads(reply), msg["reply"])
+        other = {"op": "attach", "id": 1, "user": "u", "queue": "q", "topics": {}}
+        self.assertEqual(decode(encode(**other)), other)
 
     def test_what_is_not_a_link_message(self):
         for raw in (b"", b"nonsense", b"[1,2]", b'"op"', b'{"id":1}', b'{"op":5}', b"\xff\xfe"):
@@ -254,7 +267,8 @@ class PairTest(unittest.TestCase):
         got = app.receive(login.answer(second, {"status": 0, "message": "Success!"}, ["/queue/q", "b", True]))
         self.assertEqual((got.tag, got.publish), ("c2", Publication("/queue/q", "b", True)))
         got = app.receive(login.answer(first, {"status": 1, "message": "bob is not a user"}))
-        self.assertEqual((got.tag, got.reply["message"], got.publish), ("c1", "bob is not a user", None))
+        self.assertEqual((got.tag, json.loads(got.reply)["message"], got.publish),
+                         ("c1", "bob is not a user", None))
         self.assertEqual(app.pending, {})
         self.assertEqual(app.receive(line(op="shutdown")), Shutdown(()))
         self.assertIs(app.state, State.CLOSED)

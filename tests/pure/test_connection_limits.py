@@ -291,6 +291,16 @@ class ConnectionLimitsTest(unittest.TestCase):
         self.at(clock, r, 301.5)
         self.assertTrue(conn.closed)
 
+    def test_a_connection_kept_open_has_no_idle_limit(self):
+        """A client that only listens for pushes (the app server's KeepOpen)."""
+        clock, r, conn, b = self.deadline_pair(first_timeout=10, idle_timeout=300)
+        b.sendall(b"listen T\n")
+        self.at(clock, r, 1)
+        conn.keep_open()
+        for t in (302, 3600, 86400):
+            self.at(clock, r, t)
+            self.assertFalse(conn.closed)
+
     def test_a_shorter_idle_limit_still_applies_before_the_first_request(self):
         clock, r, conn, b = self.deadline_pair(first_timeout=10, idle_timeout=2)
         self.at(clock, r, 2.5)

@@ -34,12 +34,20 @@ def line(mid, to, body):
     return protocol.push_line(mid, to, json.loads(body))
 
 
+
+class Quiet(Delivery):
+    """Delivery without the KeepOpen of a connection's first binding (its own
+    test below), so the tests compare the pushes alone."""
+
+    def bind(self, conn, user):
+        return [a for a in super().bind(conn, user) if not isinstance(a, dl.KeepOpen)]
+
 class DeliveryTest(unittest.TestCase):
     def setUp(self):
         logger = logging.getLogger("app")   # unreadable messages, timeouts: logged, expected
         self.addCleanup(logger.setLevel, logger.level)
         logger.setLevel(logging.CRITICAL)
-        self.d = Delivery()
+        self.d = Quiet()
         self.ids = iter(range(1, 1000))
 
     def attach(self, user, queue, topics=None):
@@ -382,6 +390,18 @@ class JoinTest(DeliveryTest):
         self.assertEqual(self.d.timer((Wait.JOIN, "c1")), [])
         self.assertIn(T2, self.d.members)                     # the membership stays
 
+
+
+class KeepOpenTest(unittest.TestCase):
+    def test_a_connection_gets_no_idle_limit_once_bound(self):
+        d = Delivery()
+        d.attach(1, "alice", QA, {})
+        d.attach(2, "bob", "/queue/qb", {})
+        self.assertEqual(d.bind("c1", "alice"), [dl.KeepOpen("c1")])
+        self.assertEqual(d.bind("c1", "alice"), [])
+        self.assertEqual(d.bind("c1", "bob"), [])            # once per connection
+        self.assertEqual(d.bind("c2", "bob"), [dl.KeepOpen("c2")])
+        self.assertEqual(d.bind("c3", "nobody"), [])         # not attached here: nothing
 
 if __name__ == "__main__":
     unittest.main()

@@ -15,6 +15,7 @@ from lib.social.delivery import Wait
 from lib.social.protocol import decode_line
 from tests.pure.test_login_core import MemoryStore
 from tests.pure.test_social import FixedContext
+from tests.pure.test_app_core import AppCore
 
 SECRET = "join-secret"
 LINK = "link-1"           # the login side's handle for the app server's link
@@ -38,7 +39,7 @@ class LinkPair:
         self.store = MemoryStore()
         self.login = login.LoginCore(self.store, "H(dummy)", ctx=FixedContext(),
                                      key=b"k" * 32)
-        self.app = app.AppCore(SERVER, SECRET, "127.0.0.1", 9001)
+        self.app = AppCore(SERVER, SECRET, "127.0.0.1", 9001)
         self.to_login, self.to_app = [], []     # lines in flight
         self.broker = []                        # the broker's answers, in flight
         self.app_actions, self.login_actions = [], []
@@ -147,8 +148,11 @@ class LinkPairTest(unittest.TestCase):
         self.assertEqual(pair.ask_app("c1", f"list-friend {alice}"),
                          [app.Reply("c1", {"status": 0, "friend": ["bob"]})])
         self.assertIn(("accept", "alice", "bob"), pair.store.recorded)
-        # every line the app server sent was a heartbeat to the login side
-        self.assertIn(login.FleetHeartbeat(SERVER), pair.login_actions)
+        # commands are no heartbeats; the app server's pings are
+        self.assertNotIn(login.FleetHeartbeat(SERVER), pair.login_actions)
+        pair.app_do(app.TimerFired(app.TimerKey.HEARTBEAT))
+        pair.pump()
+        self.assertEqual(pair.login_actions[-1], login.FleetHeartbeat(SERVER))
 
     def test_send_publishes_at_the_app_server_with_the_login_servers_destination(self):
         pair = LinkPair()
@@ -166,7 +170,7 @@ class LinkPairTest(unittest.TestCase):
 
     def test_a_wrong_secret_is_rejected_and_the_app_server_stops(self):
         pair = LinkPair()
-        pair.app = app.AppCore(SERVER, "stolen", "127.0.0.1", 9001)
+        pair.app = AppCore(SERVER, "stolen", "127.0.0.1", 9001)
         pair.connect()
         self.assertIs(pair.app.link.state, applink.State.REJECTED)
         self.assertIn(login.CloseLink(LINK, flush=True), pair.login_actions)

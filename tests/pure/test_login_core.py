@@ -232,8 +232,7 @@ class LinkTest(CoreTest):
     def cmd(self, line, rid=7, link="L"):
         data = applink.encode(op="cmd", id=rid, line=line)
         actions = self.core.handle(LinkLine(link, data.rstrip(b"\n")))
-        self.assertEqual(actions[0], FleetHeartbeat("server-1"))
-        [send] = actions[1:]
+        [send] = actions      # a command is no heartbeat: pings are
         self.assertEqual((send.link, send.msg["op"], send.msg["id"]), (link, "reply", rid))
         return send
 
@@ -290,7 +289,7 @@ class LinkTest(CoreTest):
     def test_ping_is_a_heartbeat(self):
         self.welcome()
         self.assertEqual(self.core.handle(LinkLine("L", b'{"op":"ping"}')), [FleetHeartbeat("server-1")])
-        self.assertEqual(self.core.handle(LinkLine("L", b'{"op":"future"}')), [FleetHeartbeat("server-1")])
+        self.assertEqual(self.core.handle(LinkLine("L", b'{"op":"future"}')), [])
 
     def test_commands_are_relayed_with_what_to_publish(self):
         self.register("alice")
@@ -307,9 +306,10 @@ class LinkTest(CoreTest):
                                     "publish": [queue, body, True], "user": "alice"})
         # the wire stays byte for byte what the app servers read
         self.assertEqual(applink.encode(**send.msg),
-                         b'{"op":"reply","id":9,"reply":{"status":0,"message":"Success!"},"publish":'
+                         b'{"op":"reply","id":9,"publish":'
                          + json.dumps([queue, body, True], ensure_ascii=False,
-                                      separators=(",", ":")).encode() + b',"user":"alice"}\n')
+                                      separators=(",", ":")).encode()
+                         + b',"user":"alice","status":0}\t{"status": 0, "message": "Success!"}\n')
         self.assertIsNone(self.cmd(f"list-friend {ta}").msg["publish"])
 
     def test_relay_refusals(self):
@@ -321,7 +321,7 @@ class LinkTest(CoreTest):
             with self.subTest(line=line[:20]):
                 self.assertEqual(self.cmd(line).msg["reply"], {"status": 1, "message": message})
         missing = self.core.handle(LinkLine("L", b'{"op":"cmd","id":3}'))
-        self.assertEqual(missing[1].msg["reply"], {"status": 1, "message": "Bad request"})
+        self.assertEqual(missing[0].msg["reply"], {"status": 1, "message": "Bad request"})
 
 
 class AttachedTest(CoreTest):
@@ -361,14 +361,14 @@ class AttachedTest(CoreTest):
         self.assertEqual(attach, SendLink("L", {
             "op": "attach", "id": attach.msg["id"], "user": "alice",
             "queue": state.users["alice"].session.queue, "topics": {"g1": state.groups["g1"].topic}}))
-        self.assertEqual(self.attached(attach.msg["id"]), [FleetHeartbeat(SERVER), Reply("c2", {
+        self.assertEqual(self.attached(attach.msg["id"]), [Reply("c2", {
             "status": 0, "token": token, "app_server": APP, "message": "Success!"})])
-        self.assertEqual(self.attached(attach.msg["id"]), [FleetHeartbeat(SERVER)])   # answered once
+        self.assertEqual(self.attached(attach.msg["id"]), [])   # answered once
 
     def test_not_ok_still_answers(self):
         [attach] = self.start_login()
         with self.assertLogs("login", "WARNING") as logs:
-            [_, reply] = self.attached(attach.msg["id"], ok=False)
+            [reply] = self.attached(attach.msg["id"], ok=False)
         self.assertIn("could not confirm the subscriptions of alice", logs.output[0])
         self.assertEqual((reply.conn, reply.reply["status"], reply.reply["message"]),
                          ("c", 0, "Success!"))
@@ -389,10 +389,10 @@ class AttachedTest(CoreTest):
         rid = attach.msg["id"]
         for bad in (rid + 1, str(rid), [rid], {"id": rid}, None, True, float(rid)):
             with self.subTest(id=bad):
-                self.assertEqual(self.attached(bad), [FleetHeartbeat(SERVER)])
+                self.assertEqual(self.attached(bad), [])
         # an app server answers only for its own attaches
-        self.assertEqual(self.attached(rid, link="M"), [FleetHeartbeat("server-2")])
-        [_, reply] = self.attached(rid)
+        self.assertEqual(self.attached(rid, link="M"), [])
+        [reply] = self.attached(rid)
         self.assertEqual(reply.conn, "c")
 
     def test_a_move_detaches_the_old_server_and_waits_for_the_new(self):
@@ -402,7 +402,7 @@ class AttachedTest(CoreTest):
         detach, attach = self.core.handle(Assigned("c", "10.0.0.6:7002", server="server-2"))
         self.assertEqual(detach, SendLink("L", {"op": "detach", "user": "alice", "drop": False}))
         self.assertEqual((attach.link, attach.msg["op"]), ("M", "attach"))
-        [_, reply] = self.attached(attach.msg["id"], link="M")
+        [reply] = self.attached(attach.msg["id"], link="M")
         self.assertEqual(reply, Reply("c", {"status": 0, "app_server": "10.0.0.6:7002",
                                             "message": "Your application server is ready"}))
 
