@@ -52,7 +52,7 @@ START_WAIT=${NP_BROKER_START_WAIT:-60}   # seconds before `start` gives up
 STOP_WAIT=15                             # seconds of SIGTERM grace before SIGKILL
 # The first line of the rendered activemq.xml that names this layout: the
 # fast path compares it, so an older install (no login, OpenWire) is upgraded.
-STAMP="<!-- np-social broker config 3: stomp://$BIND:$PORT only (no Nagle), JAAS login required -->"
+STAMP="<!-- np-social broker config 4: stomp://$BIND:$PORT only (no Nagle), JAAS login required, personal queues collected -->"
 # What a user name and a password may hold: safe unescaped in users.properties,
 # in a STOMP CONNECT frame and in a shell word (lib/messaging/credentials.py).
 USER_RE='^[A-Za-z0-9_.-]{1,64}$'

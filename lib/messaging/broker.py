@@ -191,9 +191,11 @@ class BrokerLink:
         self._started = True
         self._connect()
 
-    def publish(self, destination, body, persistent, done, timeout=5.0):
+    def publish(self, destination, body, persistent, done, timeout=5.0, expires=None):
         """Send `body`; `done(ok, error)` runs on the reactor once the broker's
-        RECEIPT arrives, or with ok=False on failure or after `timeout` s."""
+        RECEIPT arrives, or with ok=False on failure or after `timeout` s.
+        `expires`: the time (Unix seconds) after which the broker drops the
+        message undelivered."""
         if self._closed:
             self.reactor.call_soon(done, False, "broker link closed")
             return
@@ -204,6 +206,8 @@ class BrokerLink:
         headers = {"receipt": rid}
         if persistent:
             headers["persistent"] = "true"
+        if expires is not None:
+            headers["expires"] = str(int(expires * 1000))   # STOMP/JMS: milliseconds
         timer = self.reactor.call_later(timeout, self._publish_timeout, rid, timeout)
         self._publishes[rid] = [done, timer]
         self._queue("send", destination, body, headers=headers)

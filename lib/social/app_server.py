@@ -5,6 +5,7 @@ broker link. It only moves bytes; every decision is in lib/social/app_core.py.
 import logging
 import os
 import socket
+import time
 
 from lib.loop.timers import TimerTable, timer_handlers
 from lib.loop.transports import LineConnection
@@ -161,8 +162,12 @@ class AppServer:
 
     def _publish(self, action):
         conn = action.conn
+        # A personal message waits in the broker for its recipient's app
+        # server at most --message-ttl (docs/protocol.md §7).
+        expires = time.time() + self.limits.message_ttl if action.persistent else None
         self.publisher.publish(action.destination, action.body, action.persistent,
-                               lambda ok, error: self._handle(core.Published(conn, ok, error)))
+                               lambda ok, error: self._handle(core.Published(conn, ok, error)),
+                               expires=expires)
 
     def _subscribe(self, action):
         waiter, destination = action.waiter, action.destination

@@ -41,6 +41,9 @@ LIMITS = (
           "join-group answer after at most that"),
     Limit("prefetch", 1000, int, "N",
           "personal messages the broker hands an app server per user before they are acked"),
+    Limit("message_ttl", 86400.0, float, "S",
+          "a personal message not delivered within S seconds is dropped by the broker "
+          "(its recipient's client was gone that long; nothing stays in the broker for ever)"),
     Limit("max_held_group", 1000, int, "N",
           "group messages an app server holds per user whose client has not listened yet "
           "(the oldest are dropped)"),
@@ -58,7 +61,7 @@ Limits = flags.values("Limits", LIMITS, "The values in force, one attribute per 
 # the login server passes its values on when it launches one.
 APP_SERVER = frozenset({"max_conns_per_address", "first_request_timeout", "pipeline_lines",
                         "max_unsent", "max_output", "subscribe_timeout", "prefetch",
-                        "max_held_group"})
+                        "max_held_group", "message_ttl"})
 
 
 def add_arguments(parser, only=None):

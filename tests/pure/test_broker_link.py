@@ -116,6 +116,12 @@ class PublishTest(LinkTestCase):
         self.flush()
         self.assertNotIn("persistent", self.conn.frames[0][2]["headers"])
 
+    def test_an_expiry_becomes_the_expires_header_in_milliseconds(self):
+        self.up()
+        self.link.publish(QUEUE, "later", True, lambda ok, error: None, expires=1796040000.25)
+        self.flush()
+        self.assertEqual(self.conn.frames[0][2]["headers"]["expires"], "1796040000250")
+
     def test_publish_while_down_fails_once_without_writing(self):
         before_start = self.publish("early")
         self.reactor.run_soon()

@@ -219,6 +219,16 @@ class BrokerTemplatesTest(unittest.TestCase):
                          [("stomp", "stomp://127.0.0.1:61613?transport.tcpNoDelay=true")])
         self.assertNotIn("openwire", self.read("activemq.xml.in").replace("no OpenWire", ""))
 
+    def test_personal_queues_leave_nothing_behind(self):
+        """Expired personal messages are dropped (no dead-letter queue) and
+        empty queues without a subscriber are collected."""
+        broker = self.broker_element()
+        [entry] = broker.iter(f"{CORE}policyEntry")
+        self.assertEqual((entry.get("queue"), entry.get("gcInactiveDestinations")), ("np.u.>", "true"))
+        [dead] = entry.iter(f"{CORE}sharedDeadLetterStrategy")
+        self.assertEqual(dead.get("processExpired"), "false")
+        self.assertTrue(broker.get("schedulePeriodForDestinationPurge"))
+
     def test_every_connection_must_log_in(self):
         broker = self.broker_element()
         [plugins] = broker.findall(f"{CORE}plugins")
