@@ -133,7 +133,7 @@ def make_launcher(args, reactor, internal_address):
         host = "127.0.0.1"
     if args.launcher == "ec2":
         from lib.fleet.launchers import ec2
-        return ec2.make(args, reactor, internal_address)
+        return ec2.make(args, reactor, internal_address, args.broker_credentials)
     from lib.fleet.launchers.local import LocalLauncher
     return LocalLauncher(reactor, (host, port), args.host, broker=args.broker,
                          env=broker_credentials.env(args.broker_credentials),

@@ -32,9 +32,10 @@ __all__ = ["AWS_POOL", "Ec2Config", "Ec2Launcher", "add_arguments", "default_clu
 log = logging.getLogger("launcher.ec2")
 
 
-def make(args, reactor, internal_address):
-    """The launcher for `server.py --launcher ec2` (see add_arguments), started."""
-    config = config_from_args(args, internal_address)
+def make(args, reactor, internal_address, credentials=None):
+    """The launcher for `server.py --launcher ec2` (see add_arguments), started;
+    `credentials`: the broker's, handed to instances through user-data."""
+    config = config_from_args(args, internal_address, credentials)
     try:
         import boto3  # noqa: F401  (imported for real off the loop; fail early and clearly)
     except ImportError:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from lib.fleet.launchers.ec2.userdata import user_data
 from lib.loop.address import format_address, parse_address
+from lib.social import limits
 
 # Every instance carries these tags (and Name = "np-social <cluster> <server-id>").
 TAG_CLUSTER = "np-social:cluster"      # the cluster name (one per login server, --cluster)
@@ -81,6 +82,11 @@ class Ec2Config:
     project_dir: str = "/opt/np-social"
     launch_deadline: float = 300.0
     poll_interval: float = 5.0
+    # the broker login of app servers (.user, .password: lib/messaging/credentials.py's
+    # Credentials); it reaches them in user-data, never in argv or a tag
+    credentials: object = field(default=None, repr=False)
+    # flags every app server gets (the connection limits, as local ones get them)
+    app_args: tuple = ()
 
 
 def split_groups(values):
@@ -107,9 +113,9 @@ def instance_broker(broker, advertise):
     return format_address(host, port)
 
 
-def config_from_args(args, internal_address):
-    """`Ec2Config` from parsed options; SystemExit with the reason when an
-    option the launcher needs is missing."""
+def config_from_args(args, internal_address, credentials=None):
+    """`Ec2Config` from parsed options (and the broker credentials app servers
+    get); SystemExit with the reason when an option the launcher needs is missing."""
     missing = [opt for opt, value in (("--ami", args.ami), ("--advertise", args.advertise)) if not value]
     if missing:
         raise SystemExit(f"server: --launcher ec2 needs {' and '.join(missing)} (see --help, docs/ec2.md)")
@@ -122,7 +128,8 @@ def config_from_args(args, internal_address):
         instance_profile=args.instance_profile, app_port=args.app_port, app_address=args.app_address,
         broker=args.app_broker or instance_broker(getattr(args, "broker", None), args.advertise),
         project_dir=args.project_dir, launch_deadline=args.launch_deadline,
-        poll_interval=args.poll_interval)
+        poll_interval=args.poll_interval, credentials=credentials,
+        app_args=tuple(limits.to_argv(limits.from_args(args), only=limits.APP_SERVER)))
 
 
 def instance_tags(cluster, server_id, session):

@@ -49,7 +49,10 @@ def render(text, values):
 
 
 def user_data(config, server_id, secret):
-    """The script `server_id`'s instance runs at first boot (config: Ec2Config)."""
+    """The script `server_id`'s instance runs at first boot (config: Ec2Config).
+    The broker credentials (config.credentials: .user, .password) go into the
+    instance's environment file, the limits (config.app_args) onto the command line."""
+    credentials = config.credentials
     values = {
         "SERVER_ID": quote(server_id),
         "CLUSTER": quote(config.cluster),
@@ -59,5 +62,8 @@ def user_data(config, server_id, secret):
         "LOGIN": quote(format_address(*config.login_address)),
         "APP_PORT": str(int(config.app_port)),
         "BROKER_ARGS": f" --broker {quote(config.broker)}" if config.broker else "",
+        "BROKER_USER": quote(credentials.user if credentials else ""),
+        "BROKER_PASSWORD": quote(credentials.password if credentials else ""),
+        "APP_ARGS": "".join(" " + quote(arg) for arg in config.app_args),
     }
     return render(template(), values)
