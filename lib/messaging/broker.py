@@ -172,6 +172,8 @@ class BrokerLink:
         self._outbox = collections.deque()   # (method name, args, kwargs) for the writer
         self._writing = None                 # generation of the write job in flight
         self._publishes = {}                 # receipt id -> [done, timer]
+        self._held = {}                      # receipt id -> (destination, body, headers): made
+                                             # while connecting, sent once connected
         self._subs = {}                      # destination -> Subscription
         self._sub_receipts = {}              # receipt id -> (destination, subscription id)
         self._sub_waiters = {}               # destination -> [done, ...] until confirmed
@@ -199,7 +201,7 @@ class BrokerLink:
         if self._closed:
             self.reactor.call_soon(done, False, "broker link closed")
             return
-        if not self._up:
+        if not self._started:
             self.reactor.call_soon(done, False, "broker not connected")
             return
         rid = "%s-p%d" % (self.name, next(self._ids))
@@ -210,6 +212,11 @@ class BrokerLink:
             headers["expires"] = str(int(expires * 1000))   # STOMP/JMS: milliseconds
         timer = self.reactor.call_later(timeout, self._publish_timeout, rid, timeout)
         self._publishes[rid] = [done, timer]
+        if not self._up:
+            # Connecting (a new app server, a broker restart): it goes out
+            # once connected, or fails at its timeout never having been sent.
+            self._held[rid] = (destination, body, headers)
+            return
         self._queue("send", destination, body, headers=headers)
 
     def subscribe(self, destination, done=None, ack="auto", headers=None):
@@ -288,7 +295,7 @@ class BrokerLink:
         for timer in (self._retry_timer, self._connect_timer):
             if timer:
                 timer.cancel()
-        self._fail_all("broker link closed")
+        self._fail_all("broker link closed", held_too=True)
         for destination in list(self._sub_waiters):
             self._finish_sub(destination, False, "broker link closed")
         self._drop_conn(graceful=True)
@@ -329,6 +336,9 @@ class BrokerLink:
         # Subscriptions first: a publish made from on_state(True) follows them.
         for destination in self._subs:
             self._send_subscribe(destination)
+        held, self._held = self._held, {}
+        for rid, (destination, body, headers) in held.items():
+            self._queue("send", destination, body, headers=headers)
         if self.on_state:
             self.on_state(True)
 
@@ -481,11 +491,21 @@ class BrokerLink:
     def _publish_timeout(self, rid, timeout):
         entry = self._publishes.pop(rid, None)
         if entry is not None:
-            entry[0](False, "no receipt from broker within %g s" % timeout)
+            why = "broker not connected" if self._held.pop(rid, None) else \
+                "no receipt from broker within %g s" % timeout
+            entry[0](False, why)
 
-    def _fail_all(self, reason):
-        pending, self._publishes = self._publishes, {}
-        for done, timer in pending.values():
+    def _fail_all(self, reason, held_too=False):
+        """Fail the publishes sent on a connection that is gone (whether the
+        broker stored them is unknown); held ones wait for the next, unless
+        `held_too` (the link is closing)."""
+        keep = {} if held_too else {rid: self._publishes[rid] for rid in self._held}
+        if held_too:
+            self._held.clear()
+        pending, self._publishes = self._publishes, keep
+        for rid, (done, timer) in pending.items():
+            if rid in keep:
+                continue
             timer.cancel()
             self.reactor.call_soon(done, False, reason)
 

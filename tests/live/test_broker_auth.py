@@ -148,7 +148,7 @@ class RenderTest(unittest.TestCase):
             self.assertNotIn("p" * 20, proc.stdout + proc.stderr)
             broker = ET.parse(os.path.join(conf, "activemq.xml")).getroot().find(f"{CORE}broker")
             uris = [c.get("uri") for c in broker.iter(f"{CORE}transportConnector")]
-            self.assertEqual(uris, ["stomp://127.0.0.1:61999"])
+            self.assertEqual(uris, ["stomp://127.0.0.1:61999?transport.tcpNoDelay=true"])
             plugins = broker.find(f"{CORE}plugins")
             self.assertEqual([p.tag for p in plugins], [f"{CORE}jaasAuthenticationPlugin"])
             self.assertEqual(plugins[0].get("configuration"), "activemq")

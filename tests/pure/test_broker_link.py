@@ -122,22 +122,45 @@ class PublishTest(LinkTestCase):
         self.flush()
         self.assertEqual(self.conn.frames[0][2]["headers"]["expires"], "1796040000250")
 
-    def test_publish_while_down_fails_once_without_writing(self):
+    def test_publish_before_start_fails_once_without_writing(self):
         before_start = self.publish("early")
+        self.assertEqual(before_start, [], "done() must not run inside publish()")
         self.reactor.run_soon()
         self.assertEqual(before_start, [(False, "broker not connected")])
         self.link.start()
-        self.reactor.run_job(broker._open)       # TCP up, no CONNECTED yet
-        connecting = self.publish("connecting")
-        self.assertEqual(connecting, [], "done() must not run inside publish()")
-        self.reactor.run_soon()
-        self.assertEqual(connecting, [(False, "broker not connected")])
-        self.assertEqual(self.reactor.jobs_of(broker._write), [])
+        self.reactor.run_job(broker._open)
         self.connected()
         self.flush()
         self.assertEqual(self.conn.frames, [])
         self.reactor.advance(60)
-        self.assertEqual((before_start, connecting), ([(False, "broker not connected")],) * 2)
+        self.assertEqual(before_start, [(False, "broker not connected")])
+
+    def test_publish_while_connecting_goes_out_once_connected(self):
+        """A new app server's first send, or one during a broker restart:
+        held until CONNECTED, then written and confirmed by its receipt."""
+        self.link.start()
+        self.reactor.run_job(broker._open)       # TCP up, no CONNECTED yet
+        connecting = self.publish("connecting")
+        self.reactor.run_soon()
+        self.assertEqual((connecting, self.reactor.jobs_of(broker._write)), ([], []))
+        self.connected()
+        self.flush()
+        [(method, args, kwargs)] = self.conn.frames
+        self.assertEqual((method, args[1]), ("send", "connecting"))
+        self.receipt(kwargs["headers"]["receipt"])
+        self.assertEqual(connecting, [(True, None)])
+
+    def test_publish_while_connecting_fails_at_its_timeout_never_sent(self):
+        self.link.start()
+        self.reactor.run_job(broker._open)
+        connecting = self.publish("connecting")
+        self.reactor.advance(4.9)
+        self.assertEqual(connecting, [])
+        self.reactor.advance(0.2)
+        self.assertEqual(connecting, [(False, "broker not connected")])
+        self.connected()
+        self.flush()
+        self.assertEqual(self.conn.frames, [], "a publish that failed must never go out")
 
     def test_write_failure_fails_the_publish_once_and_reconnects(self):
         self.up()
