@@ -34,7 +34,7 @@ import unittest
 from unittest import mock
 from urllib.parse import parse_qs
 
-from tests.support import ROOT  # noqa: E402
+from tests.support import BROKER, ROOT  # noqa: E402  (the tests' own broker, never the machine's)
 sys.path.insert(0, ROOT)
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -208,7 +208,7 @@ class MotoTestCase(unittest.TestCase):
                "--launcher", "ec2", "--ami", AMI, "--advertise", "127.0.0.1",
                "--internal-port", str(self.internal), "--idle-timeout", "2",
                "--data", os.path.join(self.tmp.name, "data"), "--cluster", cluster,
-               "--poll-interval", "1", "--no-fsync", *extra]
+               "--poll-interval", "1", "--no-fsync", "--broker", BROKER, *extra]
         self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                        stdout=self.server_log, stderr=subprocess.STDOUT)
         self.assertTrue(wait_for(lambda: port_open(self.port) or self.server.poll() is not None, 15))
