@@ -281,18 +281,21 @@ def broker_up():
 
 
 class InteractiveClient:
-    """A ./client process driven line by line; chat lines (<<<...>>>) kept apart."""
+    """A ./client process driven line by line; chat lines (<<<...>>>) kept
+    apart, and `lines`: everything it printed, in order (what came after a
+    reply)."""
 
     def __init__(self, port):
         self.proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "client.py"), "127.0.0.1", str(port)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, cwd=ROOT)
-        self.replies, self.chat = queue.Queue(), []
+        self.replies, self.chat, self.lines = queue.Queue(), [], []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
             (self.chat.append if line.startswith("<<<") else self.replies.put)(line)
 
     def say(self, line, timeout=60):

@@ -159,11 +159,20 @@ class LoginServer:
         self._feed(core.Adopted(a.link, a.user, self.fleet.adopt(a.user, a.server), a.msg))
 
     def _register(self, a):
+        mark = len(self._events)
         server = self.fleet.register(a.secret, a.address, link=a.link)
         if server is not None:   # the hello is accepted: full-size lines from now on
             self.pending_links.discard(a.link)
             a.link.max_line = applink.MAX_LINE
-        self._feed(core.FleetRegistered(a.link, server))
+        registered = core.FleetRegistered(a.link, server)
+        if self._feeding:
+            # register() has just answered the logins that waited for this
+            # server (their Assigned events are queued behind us): the core
+            # hears first that the server is registered, so it knows the link
+            # to attach those users on before their logins are answered.
+            self._events.insert(mark, registered)
+        else:
+            self._feed(registered)
 
     def _heartbeat(self, a):
         self.fleet.heartbeat(a.server)

@@ -1,23 +1,30 @@
-"""send and send-group end to end through the real ActiveMQ broker, with
-separate client processes, guessing subscribers, and broker restarts."""
+"""send and send-group end to end: real ./client processes, the login
+server, app servers and the run's own ActiveMQ. Each line reaches exactly its
+recipients; no reply or push names a broker destination, and the broker turns
+away anyone without the servers' password, even one who knows a user's
+queue; a broker restart is survived, and a persistent message too."""
 import collections
+import json
 import os
+import re
+import socket
 import unittest
-import uuid
 
-import stomp
-
+from lib.messaging.setup import stomp_connect
 from tests.support import BROKER, ROOT, LoginServer, disturbs_broker, own_broker, wait_for
 from tests.support import InteractiveClient as Client
 
 ACTIVEMQ = os.path.join(ROOT, "scripts", "activemq.sh")
+Login = collections.namedtuple("Login", "user password")   # any login, well-formed or not
+DESTINATION = re.compile(r"/(?:queue|topic)/np\.[ug]\.[0-9a-f]{32}")
 
 
 def settled_chat(client, markers, timeout=10):
     """`client`'s chat lines, sorted, once every line of `markers` has come
     (the markers taken out, once each). The test sends the markers after the
-    messages it checks, one to each destination the client listens on; the
-    broker hands a destination's messages out in the order it took them, so
+    messages it checks, one to each user and group whose messages the client
+    gets; the broker hands a queue's or topic's messages to the app server in
+    the order it took them, and the app server pushes them in that order, so
     once the markers are in, anything else sent there before them is too."""
     wanted = collections.Counter(markers)
     wait_for(lambda: not wanted - collections.Counter(list(client.chat)), timeout=timeout)
@@ -34,6 +41,79 @@ def say_until(client, line, expected="Success!", timeout=20):
     replies = []
     wait_for(lambda: replies.append(client.say(line)) or replies[-1] == expected, timeout, interval=0.5)
     return replies[-1]
+
+
+class RawLines:
+    """A raw connection to a server: each request's reply, and every line
+    that came (replies and pushes), as received."""
+
+    def __init__(self, address):
+        if isinstance(address, str):
+            host, _, port = address.rpartition(":")
+            address = (host, int(port))
+        self.sock = socket.create_connection(address, timeout=30)
+        self.buf, self.lines = b"", []
+
+    def _line(self):
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self.buf += data
+        raw, self.buf = self.buf.split(b"\n", 1)
+        self.lines.append(raw.decode("utf-8"))
+        return json.loads(raw)
+
+    def ask(self, line):
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+        while True:
+            obj = self._line()
+            if "push" not in obj:
+                return obj
+
+    def pushes(self):
+        """The push lines so far (reading what has come meanwhile)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                self.buf += data
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+            self.sock.settimeout(30)
+        while b"\n" in self.buf:
+            self._line()
+        return [line for line in self.lines if '"push"' in line]
+
+    def close(self):
+        self.sock.close()
+
+
+def spy(host, port, creds, queue, forged):
+    """CONNECT (with `creds`), SUBSCRIBE to `queue` and SEND `forged` there,
+    in one write, as a client that does not wait for CONNECTED; the frame
+    commands the broker answered with before it closed the connection."""
+    login = f"login:{creds.user}\npasscode:{creds.password}\n" if creds else ""
+    frames = (f"CONNECT\naccept-version:1.2\nhost:localhost\n{login}\n\x00"
+              f"SUBSCRIBE\nid:1\ndestination:{queue}\nack:auto\nreceipt:sub\n\n\x00"
+              f"SEND\ndestination:{queue}\npersistent:true\nreceipt:sent\n\n{forged}\x00")
+    data = b""
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(frames.encode("utf-8"))
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    return [frame.lstrip("\r\n").split("\n", 1)[0] for frame in data.decode("utf-8", "replace").split("\x00")
+            if frame.strip("\r\n")]
 
 
 @unittest.skipUnless(os.path.exists(ACTIVEMQ), "no broker setup script")
@@ -75,8 +155,8 @@ class MessagingTest(unittest.TestCase):
         self.assertEqual(two.say("send dave bob from dave"), "Success!")
         self.assertEqual(two.say("send-group bob club hello club"), "Success!")
         self.assertEqual(two.say("send-group dave club nope"), "You are not the member of club")
-        # markers to every destination the two clients listen on: alice's,
-        # carol's, bob's and dave's queues, and club's topic
+        # markers to every user and group whose messages the two clients
+        # get: alice, carol, bob, dave and club
         self.assertEqual(one.say("send carol alice mark"), "Success!")
         self.assertEqual(one.say("send alice carol mark"), "Success!")
         self.assertEqual(one.say("send alice bob mark"), "Success!")
@@ -97,69 +177,70 @@ class MessagingTest(unittest.TestCase):
         self.assertEqual(len(before), 6)   # the 3 messages and the 3 markers above
         self.assertEqual(one.say("send alice bob later"), "bob is not online")
         self.assertEqual(one.say("send-group alice club after"), "Success!")
-        # Marker on the way "after" would have come (club's topic, to bob's
-        # client): dave joins club there, and alice sends to the group again.
+        # Marker on the way "after" would have come (club, to bob's client):
+        # dave joins club there, and alice sends to the group again.
         self.assertEqual(two.say("join-group dave club"), "Success!")
-        # answered only once the broker has confirmed dave's subscription
+        # answered only once dave's app server is subscribed to club
         self.assertEqual(two.say("list-friend dave"), "bob")
         self.assertEqual(one.say("send-group alice club last"), "Success!")
         self.assertEqual(settled_chat(two, ["<<<alice->GROUP<club>: last>>>"]), before)
         self.assertNotIn("<<<alice->GROUP<club>: after>>>", two.chat)
 
-    def test_guessable_destinations_receive_nothing(self):
-        got, receipts = [], set()
+    def test_no_reply_or_push_names_a_destination(self):
+        """Only servers know the broker's queue and topic names: every line a
+        client gets (replies and pushes, read raw) is free of them."""
+        login = RawLines(("127.0.0.1", self.server.port))
+        for u in ("alice", "bob"):
+            self.assertEqual(login.ask(f"register {u} pw")["status"], 0)
+        logins = {u: login.ask(f"login {u} pw") for u in ("alice", "bob")}
+        ta, tb = logins["alice"]["token"], logins["bob"]["token"]
+        a, b = (RawLines(logins[u]["app_server"]) for u in ("alice", "bob"))
+        for conn, line in ((a, f"listen {ta}"), (b, f"listen {tb}"), (a, f"invite {ta} bob"),
+                           (b, f"accept-invite {tb} alice"), (a, f"create-group {ta} club"),
+                           (b, f"join-group {tb} club"), (a, f"send {ta} bob hi"),
+                           (a, f"send-group {ta} club hey"), (b, f"list-joined {tb}"),
+                           (a, f"list-group {ta}"), (login, f"locate {ta}")):
+            self.assertEqual(conn.ask(line)["status"], 0, line)
+        # the pushes: "hi" and "hey" to bob, "hey" to alice (the sender is a member)
+        self.assertTrue(wait_for(lambda: len(b.pushes()) >= 2 and len(a.pushes()) >= 1, 10),
+                        (b.lines, a.lines))
+        with open(os.path.join(self.server.data, "journal.log"), encoding="utf-8") as f:
+            names = set(DESTINATION.findall(f.read()))
+        self.assertEqual(len(names), 3, "alice's and bob's queues and club's topic, in the journal")
+        for conn in (login, a, b):
+            for raw in conn.lines:
+                self.assertIsNone(DESTINATION.search(raw), raw)
+                self.assertFalse({"broker", "queue", "topics", "destination"} & set(json.loads(raw)), raw)
+            conn.close()
 
-        class Spy(stomp.ConnectionListener):
-            def on_message(self, frame):
-                got.append((frame.headers.get("destination"), frame.body))
-
-            def on_receipt(self, frame):
-                receipts.add(frame.headers.get("receipt-id"))
-
-        guesses = ("/queue/bob", "/topic/club", "/queue/alice", "/topic/bob",
-                   "/queue/club", "/topic/alice")
-        # The broker outlives the test and a queue keeps what nobody consumed:
-        # only messages carrying this run's nonce count.
-        nonce = uuid.uuid4().hex
+    def test_the_broker_turns_away_a_spy_who_knows_a_queue(self):
+        """The attack of issue 12: a STOMP client that knows bob's queue
+        (here read from the journal) connects as nobody, as a default user or
+        as the servers' user with a wrong password, subscribes to bob's queue
+        and forges a message into it. The broker refuses each; bob's client
+        prints what alice sent, once, and nothing else."""
+        one, two = self.client(), self.client()
+        for u in ("alice", "bob"):
+            one.say(f"register {u} pw")
+        self.assertEqual(one.say("login alice pw"), "Success!")
+        self.assertEqual(two.say("login bob pw"), "Success!")
+        self.befriend(one, "alice", "bob")
+        self.assertEqual(two.say("accept-invite bob alice"), "Success!")
+        with open(os.path.join(self.server.data, "journal.log"), encoding="utf-8") as f:
+            (queue,) = re.findall(r'"login","bob","[0-9a-f]+","(/queue/np\.u\.[0-9a-f]+)"', f.read())
         host, _, port = BROKER.rpartition(":")
-        spy = stomp.Connection12([(host, int(port))])
-        spy.set_listener("spy", Spy())
-        spy.connect(wait=True)
-        try:
-            for i, dest in enumerate(guesses):
-                spy.subscribe(dest, id=str(i), ack="auto", headers={"receipt": f"spy-sub-{i}"})
-            # every subscription is in place at the broker before anything is sent
-            wanted = {f"spy-sub-{i}" for i in range(len(guesses))}
-            self.assertTrue(wait_for(lambda: wanted <= receipts), f"receipts: {receipts}")
-            one = self.client()
-            for u in ("alice", "bob"):
-                one.say(f"register {u} pw")
-                one.say(f"login {u} pw")
-            self.befriend(one, "alice", "bob")
-            one.say("accept-invite bob alice")
-            one.say("create-group alice club")
-            self.assertEqual(one.say(f"send alice bob secret-{nonce}"), "Success!")
-            self.assertEqual(one.say(f"send-group alice club secret-{nonce}"), "Success!")
-            # Success! came after the broker's receipt for each message, so a
-            # canary sent now to each guess is delivered after anything the
-            # spy could have received there: once all canaries are in, so is that.
-            canary = f"canary-{nonce}"
-            for dest in guesses:
-                spy.send(dest, canary)
-            leaked = lambda: [m for m in got if f"secret-{nonce}" in m[1]]   # noqa: E731
-            canaries = lambda: sorted(d for d, b in got if b == canary)     # noqa: E731
-            wait_for(lambda: leaked() or len(canaries()) == len(guesses))
-            self.assertEqual(leaked(), [])
-            self.assertEqual(canaries(), sorted(guesses), "the spy's own canaries did not all come back")
-            # markers to the destinations `one` listens on: alice's and bob's queues, club's topic
-            self.assertEqual(one.say("send bob alice mark"), "Success!")
-            self.assertEqual(one.say("send alice bob mark"), "Success!")
-            self.assertEqual(one.say("send-group alice club mark"), "Success!")
-            self.assertEqual(settled_chat(one, ["<<<bob->alice: mark>>>", "<<<alice->bob: mark>>>",
-                                                "<<<alice->GROUP<club>: mark>>>"]),
-                             [f"<<<alice->GROUP<club>: secret-{nonce}>>>", f"<<<alice->bob: secret-{nonce}>>>"])
-        finally:
-            spy.disconnect()
+        servers = os.environ["NP_BROKER_USER"]
+        for creds in (None, Login("admin", "admin"), Login("guest", "guest"),
+                      Login("system", "manager"), Login(servers, "wrong-password")):
+            who = creds.user if creds else "no login"
+            self.assertNotEqual(stomp_connect(host, int(port), creds)[0], "CONNECTED", who)
+            got = spy(host, int(port), creds, queue, '{"from": "alice", "to": "bob", "group": null, '
+                      '"message": "FORGED: send me your password", "recipients": ["bob"]}')
+            self.assertNotIn("MESSAGE", got, who)
+            self.assertNotIn("RECEIPT", got, who)
+        self.assertEqual(one.say("send alice bob hi"), "Success!")
+        self.assertEqual(one.say("send alice bob mark"), "Success!")
+        self.assertEqual(settled_chat(two, ["<<<alice->bob: mark>>>"]), ["<<<alice->bob: hi>>>"])
 
     @disturbs_broker
     def test_broker_restart_between_two_sends_and_persistence(self):
@@ -171,7 +252,7 @@ class MessagingTest(unittest.TestCase):
         self.befriend(one, "ann", "ben")
         two.say("accept-invite ben ann")
         self.assertEqual(one.say("send ann ben before"), "Success!")
-        self.assertEqual(one.say("send ann ben mark"), "Success!")   # ben's queue is all `two` listens on
+        self.assertEqual(one.say("send ann ben mark"), "Success!")   # ben's messages are all `two` gets
         self.assertEqual(settled_chat(two, ["<<<ann->ben: mark>>>"]), ["<<<ann->ben: before>>>"])
         # broker down: a clear failure, nothing crashes
         own_broker().stop()
@@ -180,18 +261,20 @@ class MessagingTest(unittest.TestCase):
             self.assertEqual(one.say("list-friend ann"), "ben")   # the rest still works
         finally:
             own_broker().start()
-        # app servers and clients reconnect by themselves
+        # the app servers reconnect to the broker by themselves (clients never touch it)
         self.assertEqual(say_until(one, "send ann ben after", timeout=20), "Success!")
         wait_for(lambda: "<<<ann->ben: after>>>" in two.chat)
         self.assertIn("<<<ann->ben: after>>>", two.chat)
-        # a persistent message nobody has consumed survives a broker restart:
-        # ben's client exits (ben stays logged in on the server), ann sends
+        # a persistent message nobody has read survives a broker restart:
+        # ben's client exits (ben stays logged in on the server), ann sends;
+        # ben's app server holds it unacknowledged, forgets it when the broker
+        # goes, and gets it again from the broker's store after the restart
         two.close()
         self.clients.remove(two)
         self.assertEqual(one.say("send ann ben kept"), "Success!")
         own_broker().restart()
         three = self.client()
-        self.assertEqual(three.say("login ben pw"), "Success!")     # same session, same queue
+        self.assertEqual(three.say("login ben pw"), "Success!")     # same session: three listens
         # the marker goes in behind "kept" (ann's app server may still be reconnecting)
         self.assertEqual(say_until(one, "send ann ben mark again", timeout=20), "Success!")
         self.assertEqual(settled_chat(three, ["<<<ann->ben: mark again>>>"], timeout=20),
