@@ -155,18 +155,31 @@ def relay_instructions(tree, n, python=sys.executable):
                 f.flush()
                 f.readline()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
-        time.sleep(2)    # the app server exits once its link is gone
+        proc.wait(300)
+        # The app server exits once its link is gone; its file is complete then.
+        deadline = time.monotonic() + 300
+        while _app_total(data) is None and time.monotonic() < deadline:
+            time.sleep(1)
     finally:
         if proc.poll() is None:
             proc.kill()
-    outs = {int(name.rsplit(".", 1)[1]): os.path.join(data, name)
-            for name in os.listdir(data) if name.startswith("callgrind.out.")}
-    login = _total(outs.pop(proc.pid))
-    # The other processes valgrind followed: the app server, and any
-    # short-lived helper (a fork that exec'd, whose file has no totals).
-    app = max(t for t in map(_total, outs.values()) if t is not None)
-    return app, login
+    app = _app_total(data)
+    if app is None:
+        raise RuntimeError(f"{tree}: no complete callgrind file of the app server")
+    return app, _total(os.path.join(data, f"callgrind.out.{proc.pid}"))
+
+
+def _app_total(data):
+    """The app server's total (valgrind followed every child: the app server,
+    and forks such as the snapshot writer), or None while it runs."""
+    for name in os.listdir(data):
+        if name.startswith("callgrind.out."):
+            path = os.path.join(data, name)
+            with open(path) as f:
+                text = f.read()
+            if re.search(r"^cmd:.*appserver\.py", text, re.M):
+                return _total(path)
+    return None
 
 
 def relay_per_request(tree):
