@@ -62,9 +62,26 @@ def encode(**msg):
         # has no raw tab): the app server forwards it without a decode and an
         # encode of its own. The header keeps what the app server decides on.
         del msg["reply"]
-        msg["status"] = reply.get("status")
-        return _ENCODE(msg).encode("utf-8") + b"\t" + protocol.encode(reply)
+        status = msg["status"] = reply.get("status")
+        head = _plain_reply_header(msg, status) or _ENCODE(msg)
+        return (head + "\t" + protocol.encode_text(reply) + "\n").encode("utf-8")
     return (_ENCODE(msg) + "\n").encode("utf-8")
+
+
+_STR = json.encoder.encode_basestring   # a str as JSON, non-ASCII kept: as _ENCODE does
+
+
+def _plain_reply_header(msg, status):
+    """The header of the usual reply (nothing to publish or join), written
+    without the encoder: one per relayed request. None for any other."""
+    rid, user = msg.get("id"), msg.get("user")
+    if type(rid) is not int or type(status) is not int or "publish" not in msg \
+            or msg["publish"] is not None or "join" in msg or len(msg) != 4 + ("user" in msg) \
+            or type(user) not in (str, type(None)):
+        return None
+    if user is None:
+        return '{"op":"reply","id":%d,"publish":null,"status":%d}' % (rid, status)
+    return '{"op":"reply","id":%d,"publish":null,"user":%s,"status":%d}' % (rid, _STR(user), status)
 
 
 def decode(raw, max_depth=MAX_DEPTH):

@@ -368,14 +368,21 @@ class LoginCore:
         self.links[ev.link].state = LinkState.CLOSING
         return [CloseLink(ev.link)]
 
-    def _link_line(self, ev):
-        link = self.links[ev.link]
-        msg = _decode(ev.data, self.ctx.limits.link_json_depth)
+    def link_line(self, link, data):
+        """The event `LinkLine(link, data)`, for a driver to call without
+        making the event (one per relayed request: the hot path)."""
+        entry = self.links.get(link)
+        if entry is None or entry.state is not LinkState.READY:
+            return self.handle(LinkLine(link, data))   # the table decides (or raises)
+        msg = _decode(data, self.ctx.limits.link_json_depth)
         if msg is None:
-            link.state = LinkState.CLOSING
-            return [CloseLink(ev.link)]
+            entry.state = LinkState.CLOSING
+            return [CloseLink(link)]
         op = _LINK_OPS.get(msg["op"])
-        return op(self, ev.link, msg) if op else []
+        return op(self, link, msg) if op else []
+
+    def _link_line(self, ev):
+        return self.link_line(ev.link, ev.data)
 
     def _ping(self, link, msg):
         # Pings come every applink.HEARTBEAT seconds however busy the app
@@ -427,9 +434,12 @@ class LoginCore:
         command = request.command if request else None
         if command is None or not command.token:
             return None, False
-        me = self._active(request.words)
-        return me, me is not None and command.server is Server.APP and \
-            protocol.arity_ok(command, request.words[1:])
+        words = request.words   # _active, inline: every relayed request
+        me = self.store.state.user_for_token(words[0]) if words else None
+        if me is None:
+            return None, False
+        self.idle.touch(me, self.now)
+        return me, command.server is Server.APP and protocol.arity_ok(command, words[1:])
 
     def _nothing(self, *_):
         return []

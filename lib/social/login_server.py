@@ -92,7 +92,22 @@ class LoginServer:
 
     def _link_line(self, conn, raw):
         # (a line nested deeper than --link-json-depth closes the link: the core's decode)
-        self._feed(core.LinkLine(conn, raw))
+        if self._feeding:   # not from the reactor: in turn, as any event
+            self._feed(core.LinkLine(conn, raw))
+            return
+        # The hot path: LinkLine made by no one, and no queue unless an action
+        # causes an event (then it waits, as in _feed).
+        self._feeding = True
+        try:
+            try:
+                for action in self.core.link_line(conn, raw):
+                    _DO[type(action)](self, action)
+            except Exception:
+                log.exception("handling LinkLine failed")
+            if self._events:
+                self._drain()
+        finally:
+            self._feeding = False
 
     def _link_closed(self, conn):
         self.links.discard(conn)
@@ -108,16 +123,19 @@ class LoginServer:
             return
         self._feeding = True
         try:
-            while self._events:
-                event = self._events.popleft()
-                try:
-                    for action in self.core.handle(event):
-                        _DO[type(action)](self, action)
-                except Exception:
-                    # As the reactor's guard: one bad event must not stop the rest.
-                    log.exception("handling %s failed", type(event).__name__)
+            self._drain()
         finally:
             self._feeding = False
+
+    def _drain(self):
+        while self._events:
+            event = self._events.popleft()
+            try:
+                for action in self.core.handle(event):
+                    _DO[type(action)](self, action)
+            except Exception:
+                # As the reactor's guard: one bad event must not stop the rest.
+                log.exception("handling %s failed", type(event).__name__)
 
     # -- actions ---------------------------------------------------------------------
     def _reply(self, a):

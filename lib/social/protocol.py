@@ -138,6 +138,9 @@ def encode(obj):
     return (_ENCODE(obj) + "\n").encode("utf-8")
 
 
+encode_text = _ENCODE    # the reply as JSON text, no newline (the internal link appends it)
+
+
 # -- what the client prints (docs/protocol.md §5) --------------------------------
 _LISTS = (("invite", "No invitations"), ("friend", "No friends"),
           ("post", "No posts"), ("group", "No groups"))

@@ -229,6 +229,23 @@ class CodecTest(unittest.TestCase):
         other = {"op": "attach", "id": 1, "user": "u", "queue": "q", "topics": {}}
         self.assertEqual(decode(encode(**other)), other)
 
+    def test_the_usual_reply_header_is_written_as_the_encoder_would(self):
+        """The header written without the encoder (nothing to publish or join)
+        reads back the same as any other; names with quotes and non-ASCII too."""
+        for msg in ({"op": "reply", "id": 7, "reply": {"status": 0, "friend": []}, "publish": None},
+                    {"op": "reply", "id": 8, "reply": {"status": 1, "message": "x"}, "publish": None,
+                     "user": 'zo\u00eb"\\q'},
+                    {"op": "reply", "id": 9, "reply": {"status": 0}, "publish": ["/q", "b", True],
+                     "user": "a"},
+                    {"op": "reply", "id": 10, "reply": {"status": 0}, "publish": None,
+                     "join": ["g", "/t"], "user": "u"}):
+            with self.subTest(msg=msg):
+                head, tab, reply = encode(**dict(msg)).partition(b"\t")
+                expected = {k: v for k, v in msg.items() if k != "reply"}
+                expected["status"] = msg["reply"]["status"]
+                self.assertEqual(json.loads(head), expected)
+                self.assertEqual(reply, protocol.encode(msg["reply"]))
+
     def test_what_is_not_a_link_message(self):
         for raw in (b"", b"nonsense", b"[1,2]", b'"op"', b'{"id":1}', b'{"op":5}', b"\xff\xfe"):
             with self.subTest(raw=raw):

@@ -312,6 +312,21 @@ class LinkTest(CoreTest):
                          + b',"user":"alice","status":0}\t{"status": 0, "message": "Success!"}\n')
         self.assertIsNone(self.cmd(f"list-friend {ta}").msg["publish"])
 
+    def test_link_line_called_directly_is_the_event(self):
+        """The driver's hot path (no LinkLine made) decides as handle() does,
+        in every link state."""
+        self.core.handle(LinkOpened("H"))
+        with self.assertLogs("login", "WARNING"):
+            self.assertEqual(self.core.link_line("H", b'{"op":"nonsense"}'),
+                             [StopHelloTimer("H"), SendLink("H", {"op": "rejected",
+                              "reason": "unknown or used join secret"}), CloseLink("H", flush=True)])
+        self.welcome()
+        self.assertEqual(self.core.link_line("L", b'{"op":"ping"}'), [FleetHeartbeat("server-1")])
+        self.assertEqual(self.core.link_line("L", b"not json"), [CloseLink("L")])
+        self.assertEqual(self.core.link_line("L", b'{"op":"ping"}'), [])   # closing: ignored
+        with self.assertRaises(IllegalEvent):
+            self.core.link_line("nobody", b'{"op":"ping"}')
+
     def test_relay_refusals(self):
         self.welcome()
         for line, message in (("register a b", "Send register to the login server"),
