@@ -424,5 +424,7 @@ def handle(state, request, ctx, served_by, me=_LOOK_UP):
         where = "the login server" if command.server is Server.LOGIN else "your application server"
         return Outcome(fail(f"Send {command.name} to {where}"))
     outcome = HANDLERS[command.name](state, me, args, ctx)
+    if command.name not in quotas.QUOTAED:    # most commands (the lists) have no quota to check
+        return outcome
     refused = outcome.reply["status"] == 0 and quotas.refusal(command.name, state, me, args, ctx.limits)
     return Outcome(refused) if refused else outcome

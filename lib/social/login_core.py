@@ -391,7 +391,12 @@ class LoginCore:
 
     def _relay(self, link, msg):
         """One client request from an app server: the reply, and what to publish."""
-        request = _request_of(msg)       # decoded once: the checks below and the command share it
+        # Decoded once: the checks below and the command share it. Whatever
+        # JSON value "line" holds is read as text; none, or undecodable: a Bad request.
+        try:
+            request = protocol.decode_line(str(msg["line"]).encode("utf-8")) if "line" in msg else None
+        except ValueError:
+            request = None
         me, bound = self._app_user(request)
         server = self.links[link].server
         if bound and me not in self.assigned:
@@ -415,7 +420,8 @@ class LoginCore:
     def _answer(self, link, msg, outcome, user=None):
         """The reply line; `user`: the token's user, served by this app server
         (it binds the client's connection to that user, for pushes)."""
-        self.store.record(outcome.mutations)
+        if outcome.mutations:
+            self.store.record(outcome.mutations)
         message = {"op": "reply", "id": msg.get("id"), "reply": outcome.reply, "publish": None}
         e = outcome.effect   # send, send-group: the app server publishes, then replies
         if type(e) is Publish:
@@ -460,17 +466,6 @@ class LoginCore:
         if link.state is LinkState.HELLO:
             return [StopHelloTimer(ev.link)]
         return []
-
-
-def _request_of(msg):
-    """The relayed request (whatever JSON value "line" holds is read as text),
-    or None: a missing or undecodable line is a Bad request."""
-    if "line" not in msg:
-        return None
-    try:
-        return protocol.decode_line(str(msg["line"]).encode("utf-8"))
-    except ValueError:
-        return None
 
 
 def _decode(data, max_depth):

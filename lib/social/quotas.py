@@ -61,6 +61,7 @@ _QUOTAS = {
     "create-group": _one_more_group(creating=True),
     "join-group": _one_more_group(creating=False),
 }
+QUOTAED = frozenset(_QUOTAS)   # the commands `refusal` has a check for
 
 
 def capped(key, items, limits):
