@@ -62,10 +62,18 @@ class Link:
         return [b for _, b, _ in self.messages]
 
     def close(self):
-        """Close the link (DISCONNECT) and stop its loop; again: nothing."""
+        """Close the link (DISCONNECT) and stop its loop; again: nothing.
+        The socket is closed here, before returning: the link closes it on
+        its worker pool, which stopping the loop may cancel, and in this
+        process (unlike an app server that exits) an open socket would keep
+        the broker treating it as a consumer (it would hold the unacked
+        message, and get new ones)."""
         if self.loop.thread.is_alive():
+            conn = self.loop.call(lambda: self.link._conn)
             self.loop.call(self.link.close)
             self.loop.stop()
+            if conn is not None:
+                broker._shut(conn, graceful=True)
 
 
 class AckTest(unittest.TestCase):
