@@ -38,6 +38,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _connect(proc, port, tree):
+    """A connection to the login server `proc` starts under valgrind on `port`."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=300)
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{tree}: the server did not start under valgrind")
+            time.sleep(0.2)
+
+
 def instructions(tree, n, python=sys.executable):
     """Total instructions of one server run that answered `n` requests."""
     data = tempfile.mkdtemp(prefix="np-instr-")
@@ -49,15 +61,7 @@ def instructions(tree, n, python=sys.executable):
            "--no-fsync", "--broker", "127.0.0.1:1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{tree}: the server did not start under valgrind")
-                time.sleep(0.2)
+        sock = _connect(proc, port, tree)
         with sock, sock.makefile("rwb") as f:
             for _ in range(n):
                 f.write(b"list-friend nosuchtoken\n")
@@ -133,15 +137,7 @@ def relay_instructions(tree, n, python=sys.executable):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree,
                             env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=300)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{tree}: the server did not start under valgrind")
-                time.sleep(0.2)
+        sock = _connect(proc, port, tree)
         with sock, sock.makefile("rwb") as f:
             f.write(b"login alice pw\n")
             f.flush()

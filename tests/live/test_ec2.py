@@ -50,26 +50,10 @@ from lib.fleet.launchers import ec2  # noqa: E402
 from lib.fleet.launchers.ec2 import errors as ec2_errors, userdata  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
-from tests.support import stop_process, wait_for  # noqa: E402
+from tests.support import accepts, free_port, stop_process, wait_for  # noqa: E402
 
 AMI = "ami-760aaa0f"
 PYTHON = sys.executable
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 # -- a delaying proxy in front of moto ----------------------------------------------
@@ -157,7 +141,7 @@ class MotoTestCase(unittest.TestCase):
         cls.moto = subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(cls.moto_port)],
                                     stdout=cls.moto_log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
-        if not wait_for(lambda: port_open(cls.moto_port), 20):
+        if not wait_for(lambda: accepts(cls.moto_port), 20):
             cls.moto.kill()
             raise RuntimeError("moto server did not start")
         cls.endpoint = f"http://127.0.0.1:{cls.moto_port}"
@@ -211,7 +195,7 @@ class MotoTestCase(unittest.TestCase):
                "--poll-interval", "1", "--no-fsync", "--broker", BROKER, *extra]
         self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                        stdout=self.server_log, stderr=subprocess.STDOUT)
-        self.assertTrue(wait_for(lambda: port_open(self.port) or self.server.poll() is not None, 15))
+        self.assertTrue(wait_for(lambda: accepts(self.port) or self.server.poll() is not None, 15))
         self.assertIsNone(self.server.poll(), self.server_output())
         return self.server
 

@@ -23,7 +23,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import threading
 import unittest
 from urllib.parse import parse_qs, urlencode
 
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, accepts, free_port, wait_for
 
 sys.path.insert(0, ROOT)
 
@@ -53,14 +52,6 @@ SCRIPT = os.path.join(ROOT, "scripts", "ec2-demo.sh")
 AMI = "ami-760aaa0f"             # one of moto's images
 MY_IP = "198.51.100.7/32"        # documentation addresses: only strings to moto
 TA = "203.0.113.0/24"
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 # -- an EC2 proxy in front of moto: errors on demand --------------------------------------
@@ -174,7 +165,7 @@ class DemoTestCase(unittest.TestCase):
         cls.moto = subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(cls.moto_port)],
                                     stdout=cls.moto_log, stderr=subprocess.STDOUT, env=dict(os.environ, **AWS_ENV),
                                     start_new_session=True)
-        if not wait_for(lambda: port_open(cls.moto_port), 20):
+        if not wait_for(lambda: accepts(cls.moto_port), 20):
             cls.moto.kill()
             raise RuntimeError("moto server did not start")
         cls.endpoint = f"http://127.0.0.1:{cls.moto_port}"
