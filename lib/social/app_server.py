@@ -150,8 +150,7 @@ class AppServer:
         self.link.send(action.line)
 
     def _answer(self, action):
-        reply = action.reply
-        action.conn.send(reply if type(reply) is bytes else protocol.encode(reply))
+        self._reply(action)
         action.conn.resume()
 
     def _pause(self, action):

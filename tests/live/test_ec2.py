@@ -50,6 +50,7 @@ from lib.fleet.launchers import ec2  # noqa: E402
 from lib.fleet.launchers.ec2 import errors as ec2_errors, userdata  # noqa: E402
 from lib.loop.reactor import Reactor  # noqa: E402
 from tests.cloudsim import CloudSim  # noqa: E402
+from tests import moto_proxy  # noqa: E402
 from tests.support import accepts, free_port, stop_process, wait_for  # noqa: E402
 
 AMI = "ami-760aaa0f"
@@ -75,19 +76,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         delay = self.server.delays.get(action, 0.0)
         if delay:
             time.sleep(delay)   # the slowness a test injects (not a wait)
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-        upstream.request(self.command, self.path, body, headers)
-        response = upstream.getresponse()
-        data = response.read()
-        upstream.close()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        moto_proxy.relay(self, self.server.upstream, body)
 
     def log_message(self, *args):
         pass

@@ -31,6 +31,7 @@ import threading
 import unittest
 from urllib.parse import parse_qs, urlencode
 
+from tests import moto_proxy
 from tests.support import ROOT, accepts, free_port, wait_for
 
 sys.path.insert(0, ROOT)
@@ -76,19 +77,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if action == "CreateImage":
             body = without_snapshot_tags(params)
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
-        upstream.request("POST", self.path, body, headers)
-        response = upstream.getresponse()
-        data = response.read()
-        upstream.close()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        moto_proxy.relay(self, self.server.upstream, body)
 
     def log_message(self, *args):
         pass
